@@ -1,0 +1,45 @@
+# acrouter — see README.md. `make test` is what CI runs.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/acrouter
+PKGS := ./...
+FUZZTIME ?= 5s
+
+.PHONY: all build test unit lint fmt-check vet fuzz interop demo bench soak clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/acrouter
+
+# Every test: format, vet, unit and in-process tests with the race detector,
+# a short run of every fuzz target and, when run as root on Debian, the interop
+# suite against a real SoftEther VPN Server in private network namespaces.
+test: lint unit fuzz
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) interop; \
+	else echo "interop: skipped (needs root; run 'sudo make interop')"; fi
+
+unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+lint: fmt-check vet
+
+fmt-check:
+	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; find . -name '*.go' -newer go.mod 2>/dev/null) 2>/dev/null | sort -u); \
+	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# Runs each fuzz target for FUZZTIME (bounded).
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin
