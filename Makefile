@@ -6,6 +6,7 @@ PKGS := ./...
 FUZZTIME ?= 5s
 
 .PHONY: all build test unit lint fmt-check vet fuzz interop demo bench soak clean
+INTEROP_TIMEOUT ?= 20m
 
 all: build
 
@@ -40,6 +41,12 @@ fuzz:
 	    $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# Interop suite against a real SoftEther VPN Server (Debian package) in private
+# network namespaces. Needs root; installs what it needs with apt-get.
+interop:
+	bash lab/lab.sh install
+	$(GO) test -tags interop -count=1 -v -timeout $(INTEROP_TIMEOUT) ./lab/
 
 clean:
 	rm -rf bin
