@@ -1,0 +1,150 @@
+package netstack
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+)
+
+// Config configures a Stack. The zero value of every optional field selects
+// the documented default.
+type Config struct {
+	// MAC is the virtual host's Ethernet address on the hub. Required; it
+	// must be a 6-byte unicast address.
+	MAC net.HardwareAddr
+	// Addr is the router address and its on-link subnet, for example
+	// 192.168.30.1/24. Required; IPv4 only.
+	Addr netip.Prefix
+	// MTU is the IP MTU of the link (Ethernet payload size). Default 1500.
+	MTU int
+	// Logger receives diagnostics; nil discards them. Per-packet events are
+	// Debug only.
+	Logger *slog.Logger
+	// MaxInFlightSYN caps TCP connection requests whose handler has not yet
+	// called Accept or Reject (gVisor's forwarder in-flight limit). SYNs over
+	// the cap are dropped by gVisor and counted in Stats().TCPForwardDrops,
+	// never silently. Default 8192; it must be at least the router's session
+	// limit (PEERS.md §3 pitfall 1).
+	MaxInFlightSYN int
+	// OnForeignDHCPServer, if set, is called when a DHCP server reply
+	// (UDP source port 67 to destination port 68) from an Ethernet address
+	// other than MAC is seen on the hub; ip is the IPv4 source address of that
+	// packet. It is called from the frame-reading goroutine and must not
+	// block; it is rate-limited to one call per MAC per minute.
+	OnForeignDHCPServer func(mac net.HardwareAddr, ip netip.Addr)
+}
+
+// Reject says how a flow request is refused.
+type Reject int
+
+const (
+	// RejectRST answers a TCP SYN with a reset. For UDP it means
+	// RejectPortUnreachable.
+	RejectRST Reject = iota
+	// RejectHostUnreachable sends ICMP destination unreachable, code 1.
+	RejectHostUnreachable
+	// RejectNetUnreachable sends ICMP destination unreachable, code 0.
+	RejectNetUnreachable
+	// RejectPortUnreachable sends ICMP destination unreachable, code 3.
+	RejectPortUnreachable
+	// RejectAdminProhibited sends ICMP destination unreachable, code 13
+	// (communication administratively prohibited, RFC 1812 §5.2.7.1).
+	RejectAdminProhibited
+)
+
+// String returns the name of the rejection kind.
+func (r Reject) String() string {
+	switch r {
+	case RejectRST:
+		return "rst"
+	case RejectHostUnreachable:
+		return "host-unreachable"
+	case RejectNetUnreachable:
+		return "net-unreachable"
+	case RejectPortUnreachable:
+		return "port-unreachable"
+	case RejectAdminProhibited:
+		return "admin-prohibited"
+	}
+	return "reject(?)"
+}
+
+// TCPConn is an accepted TCP connection with half-close support.
+type TCPConn interface {
+	net.Conn
+	// CloseWrite sends FIN; reads continue to work.
+	CloseWrite() error
+	// CloseRead shuts down the read side; writes continue to work.
+	CloseRead() error
+}
+
+// TCPRequest is a client's SYN to a non-local address. Exactly one of Accept
+// or Reject must be called; until then the request holds one of the
+// MaxInFlightSYN slots and the client waits (retransmitting its SYN).
+type TCPRequest struct {
+	// Src is the client's address and port; Dst the address it wants to reach.
+	Src, Dst netip.AddrPort
+
+	tcpRequestState
+}
+
+// UDPRequest is the first datagram of a new (Src, Dst) UDP flow to a
+// non-local unicast address. Exactly one of Accept or Reject must be called.
+// Datagrams of the same flow that arrive before then are queued (a few) or
+// dropped.
+type UDPRequest struct {
+	// Src is the client's address and port; Dst the address it sent to.
+	Src, Dst netip.AddrPort
+
+	udpRequestState
+}
+
+// EchoRequest is an ICMP echo request from a client to a non-local address.
+// The handler owns the value (and Payload) and may keep it.
+type EchoRequest struct {
+	// Src is the client; Dst the address it pinged.
+	Src, Dst netip.Addr
+	// ID and Seq are the echo identifier and sequence number.
+	ID, Seq uint16
+	// TTL is the request's IP time-to-live as received.
+	TTL uint8
+	// Payload is the echo data after the 8-byte ICMP header.
+	Payload []byte
+
+	echoState
+}
+
+// Stats are cumulative counters since New.
+type Stats struct {
+	// Link level, counted by the stack's own Ethernet endpoint.
+	FramesIn, BytesIn   uint64 // frames read from the Link and accepted
+	FramesOut, BytesOut uint64 // frames handed to Link.WriteFrames
+	DropTooBig          uint64 // inbound frames longer than MTU + Ethernet header
+	DropMalformed       uint64 // inbound frames too short or with a bad header
+	DropNotForUs        uint64 // unicast frames to another host's MAC
+	DropOwnSource       uint64 // inbound frames claiming our MAC as source
+	DropQueueFull       uint64 // outbound frames dropped: write queue full
+	ReadErrors          uint64 // Link.ReadFrame errors other than close
+	WriteErrors         uint64 // Link.WriteFrames errors (frames lost)
+
+	// Flow requests handed to handlers.
+	TCPRequests, TCPAccepted, TCPRejected uint64
+	TCPForwardDrops                       uint64 // gVisor ForwardMaxInFlightDrop: SYNs over MaxInFlightSYN
+	UDPRequests, UDPAccepted, UDPRejected uint64
+	UDPPendingDrops                       uint64 // datagrams dropped while a UDP request was pending
+	EchoRequests                          uint64 // echo requests handed to the echo handler
+	EchoUnhandled                         uint64 // echo requests to foreign addresses with no handler set
+	ICMPErrorsSent                        uint64 // unreachable/time-exceeded messages we crafted
+
+	// From gVisor's stack statistics.
+	TCPActiveOpens, TCPPassiveOpens, TCPEstablished uint64
+	TCPFailedAttempts, TCPRetransmits, TCPTimeouts  uint64
+	TCPSegmentsIn, TCPSegmentsOut, TCPResetsSent    uint64
+	UDPPacketsIn, UDPPacketsOut, UDPUnknownPort     uint64
+	UDPReceiveBufferErrors, UDPMalformed            uint64
+	ICMPEchoIn, ICMPEchoReplyOut, ICMPDstUnreachIn  uint64
+	IPPacketsIn, IPMalformed, IPInvalidDst          uint64
+	IPReassembled, IPFragmentErrors                 uint64
+	ARPRequestsIn, ARPRepliesOut, ARPMalformed      uint64
+}
+
