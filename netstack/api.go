@@ -147,4 +147,3 @@ type Stats struct {
 	IPReassembled, IPFragmentErrors                 uint64
 	ARPRequestsIn, ARPRepliesOut, ARPMalformed      uint64
 }
-
