@@ -1,0 +1,177 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func parseForTest(t *testing.T, file string, args ...string) (config, error) {
+	t.Helper()
+	if file != "" {
+		p := filepath.Join(t.TempDir(), "acrouter.toml")
+		if err := os.WriteFile(p, []byte(file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--config", p}, args...)
+	}
+	fs := flag.NewFlagSet("acrouter", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return parseArgs(fs, args)
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	file := `
+[hub]
+server = "vpn.example.com:443"
+hub = "FILEHUB"
+user = "router"
+[router]
+ip = "10.1.0.1/16"
+max_sessions = 100
+rules = ["deny tcp to 10.0.0.0/8 port 22"]
+[dns]
+upstreams = ["10.0.0.53"]
+`
+	cfg, err := parseForTest(t, file, "--hub", "FLAGHUB", "--max-sessions=200", "--rule", "allow any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hub.Hub != "FLAGHUB" || cfg.Hub.Server != "vpn.example.com:443" {
+		t.Errorf("hub: got %+v", cfg.Hub)
+	}
+	if cfg.Router.MaxSessions != 200 || cfg.Router.IP != "10.1.0.1/16" {
+		t.Errorf("router: got %+v", cfg.Router)
+	}
+	if len(cfg.Router.Rules) != 1 || cfg.Router.Rules[0] != "allow any" {
+		t.Errorf("a rule flag must replace the file's rules, got %q", cfg.Router.Rules)
+	}
+	if len(cfg.DNS.Upstreams) != 1 {
+		t.Errorf("file lists without flags must stay, got %q", cfg.DNS.Upstreams)
+	}
+	s, err := cfg.validate(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.MustParsePrefix("10.1.0.1/16"); s.RouterPrefix != want {
+		t.Errorf("prefix %v, want %v", s.RouterPrefix, want)
+	}
+	if s.PoolStart != netip.MustParseAddr("10.1.0.10") || s.PoolEnd != netip.MustParseAddr("10.1.0.200") {
+		t.Errorf("default pool %v-%v", s.PoolStart, s.PoolEnd)
+	}
+}
+
+func TestDefaultsMatchSecureNAT(t *testing.T) {
+	cfg, err := parseForTest(t, "", "--server", "h:5555", "--hub", "H", "--user", "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cfg.validate(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RouterPrefix.String() != "192.168.30.1/24" || s.PoolStart.String() != "192.168.30.10" || s.PoolEnd.String() != "192.168.30.200" {
+		t.Errorf("got %v %v-%v", s.RouterPrefix, s.PoolStart, s.PoolEnd)
+	}
+	if cfg.DHCP.LeaseTime.Duration != 7200*time.Second || cfg.Router.TCPIdleTimeout.Duration != 1800*time.Second || cfg.Router.MaxSessions != 4096 {
+		t.Errorf("defaults: %+v %+v", cfg.DHCP, cfg.Router)
+	}
+}
+
+func TestBadConfigNamesKeyValueAndExpectation(t *testing.T) {
+	cases := []struct {
+		name, file string
+		args       []string
+		want       []string
+	}{
+		{"unknown key", "[router]\nipp = \"1.2.3.4/24\"\n", nil, []string{"unknown key", "router.ipp"}},
+		{"syntax", "[router\n", nil, []string{"line ", "table name"}},
+		{"bad duration", "[router]\ndial_timeout = \"ten\"\n", nil, []string{"dial_timeout", "not a duration"}},
+		{"bad ip", "", []string{"--ip", "192.168.30.1"}, []string{"router.ip", `"192.168.30.1"`, "prefix length"}},
+		{"network address", "", []string{"--ip", "192.168.30.0/24"}, []string{"router.ip", "host address"}},
+		{"no server", "", []string{"--server", ""}, []string{"hub.server", "host:port"}},
+		{"bad port", "", []string{"--server", "h:99999"}, []string{"hub.server", "1 to 65535"}},
+		{"bad mac", "", []string{"--mac", "01:00:00:00:00:01"}, []string{"router.mac", "unicast"}},
+		{"max sessions", "", []string{"--max-sessions", "0"}, []string{"router.max_sessions", `"0"`, "1 to"}},
+		{"pool outside", "", []string{"--dhcp-pool-start", "10.0.0.1"}, []string{"dhcp.pool_start", "inside the router subnet"}},
+		{"bad route", "", []string{"--dhcp-route", "10.0.0.0/8 192.168.30.1"}, []string{"dhcp.routes", "via"}},
+		{"bad reserve", "", []string{"--dhcp-reserve", "zz=1.2.3.4"}, []string{"dhcp.reservations", "MAC=IP"}},
+		{"bad auth", "", []string{"--auth", "cert"}, []string{"hub.auth", "password or plain"}},
+		{"pin and insecure", "", []string{"--server-cert-sha256", strings.Repeat("ab", 32), "--insecure-skip-verify"}, []string{"contradict"}},
+		{"bad pin", "", []string{"--server-cert-sha256", "abc"}, []string{"server_cert_sha256", "64 hex"}},
+		{"status without token", "", []string{"--status", "0.0.0.0:8765"}, []string{"status.listen", "token"}},
+		{"log level", "", []string{"--log-level", "loud"}, []string{"log.level", "debug, info"}},
+		{"argv password", "", []string{"secret"}, []string{"never taken from the command line"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--server", "h:5555", "--hub", "H", "--user", "u"}, tc.args...)
+			cfg, err := parseForTest(t, tc.file, args...)
+			if err == nil {
+				_, err = cfg.validate(true)
+			}
+			if err == nil {
+				t.Fatalf("accepted a bad config")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPasswordFileMustNotBeWorldReadable(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pw")
+	if err := os.WriteFile(p, []byte("s3cret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.Hub.PasswordFile = p
+	if _, err := cfg.hubPassword(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("world-readable password file: err = %v", err)
+	}
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pw, err := cfg.hubPassword()
+	if err != nil || pw != "s3cret" {
+		t.Fatalf("got %q, %v", pw, err)
+	}
+	cfg.Hub.PasswordFile = ""
+	t.Setenv("ACROUTER_PASSWORD", "fromenv")
+	if pw, err := cfg.hubPassword(); err != nil || pw != "fromenv" {
+		t.Fatalf("env: got %q, %v", pw, err)
+	}
+}
+
+func TestStateDirKeepsMAC(t *testing.T) {
+	d, err := openStateDir(filepath.Join(t.TempDir(), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1, err := d.routerMAC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1[0]&0x02 == 0 || m1[0]&0x01 != 0 {
+		t.Errorf("MAC %v is not a locally administered unicast address", m1)
+	}
+	m2, err := d.routerMAC()
+	if err != nil || m2.String() != m1.String() {
+		t.Errorf("second read: %v, %v; want %v", m2, err, m1)
+	}
+	if err := os.WriteFile(d.path("mac"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.routerMAC(); err == nil || !strings.Contains(err.Error(), "not a MAC") {
+		t.Errorf("corrupt MAC file: err = %v", err)
+	}
+}
