@@ -1,0 +1,344 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Refusal is why a new flow was not forwarded.
+type Refusal uint8
+
+const (
+	RefusedACL          Refusal = iota // an ACL rule denied it
+	RefusedSessionLimit                // MaxSessions reached, nothing evictable
+	RefusedClientLimit                 // MaxSessionsPerClient reached, nothing evictable
+	RefusedDialLimit                   // MaxInFlightDials reached
+	RefusedFDLimit                     // the process ran out of file descriptors
+	RefusedConnRefused                 // the destination refused the connection
+	RefusedUnreachable                 // host or network unreachable
+	RefusedTimeout                     // the dial timed out
+	RefusedDialError                   // any other dial/socket error
+	RefusedAccept                      // the virtual side failed to complete (client gone)
+	RefusedClosing                     // the router is closing
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{
+	RefusedACL:          "acl",
+	RefusedSessionLimit: "session-limit",
+	RefusedClientLimit:  "client-limit",
+	RefusedDialLimit:    "dial-limit",
+	RefusedFDLimit:      "fd-limit",
+	RefusedConnRefused:  "conn-refused",
+	RefusedUnreachable:  "unreachable",
+	RefusedTimeout:      "dial-timeout",
+	RefusedDialError:    "dial-error",
+	RefusedAccept:       "accept-failed",
+	RefusedClosing:      "closing",
+}
+
+func (r Refusal) String() string {
+	if r < numRefusals {
+		return refusalNames[r]
+	}
+	return "unknown"
+}
+
+// FlowState is the life-cycle state of a flow.
+type FlowState uint32
+
+const (
+	StateDialing    FlowState = iota // TCP: connecting to the destination
+	StateOpen                        // forwarding
+	StateHalfClosed                  // TCP: one direction has finished (FIN)
+	StateClosed                      // gone (only seen in the NAT log)
+)
+
+func (s FlowState) String() string {
+	switch s {
+	case StateDialing:
+		return "dialing"
+	case StateOpen:
+		return "open"
+	case StateHalfClosed:
+		return "half-closed"
+	case StateClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// Flow is a snapshot of one NAT session, as returned by Router.Flows.
+type Flow struct {
+	ID     uint64
+	Proto  Proto
+	Client netip.AddrPort // the hub client; for ICMP the port is its echo identifier
+	Dest   netip.AddrPort // the destination; for ICMP the port is 0
+	State  FlowState
+	// BytesOut/PacketsOut count client→destination payload, BytesIn/PacketsIn
+	// destination→client. For TCP a "packet" is one read from the socket.
+	BytesOut, BytesIn     uint64
+	PacketsOut, PacketsIn uint64
+	Created               time.Time
+	Age                   time.Duration
+	LastActivity          time.Time
+}
+
+// flow is one entry of the flow table. The counters and the activity clock
+// are atomics written by the data path; everything else is set before the
+// flow is published or guarded by the table mutex.
+type flow struct {
+	id        uint64
+	proto     Proto
+	client    netip.AddrPort
+	dest      netip.AddrPort
+	created   time.Time // wall + monotonic
+	evictable bool      // UDP/ICMP: may be evicted at the session caps
+
+	last       atomic.Int64 // monotonic nanoseconds since the router's epoch
+	state      atomic.Uint32
+	bytesOut   atomic.Uint64
+	bytesIn    atomic.Uint64
+	packetsOut atomic.Uint64
+	packetsIn  atomic.Uint64
+
+	// ctx is canceled, with a closeReason as cause, when the flow must end
+	// (idle, evicted, Close) or has ended; context.AfterFunc hooks on it
+	// close the flow's sockets. Both are set before the flow is published.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func (f *flow) setState(s FlowState) { f.state.Store(uint32(s)) }
+
+// closeReason is a flow's close reason as a context cause.
+type closeReason string
+
+func (c closeReason) Error() string { return string(c) }
+
+// shutdown ends the flow with reason; the first reason given (or error, see
+// abort) wins.
+func (f *flow) shutdown(reason string) {
+	if f.cancel != nil {
+		f.cancel(closeReason(reason))
+	}
+}
+
+// abort ends the flow because of an I/O error.
+func (f *flow) abort(err error) {
+	if f.cancel != nil {
+		f.cancel(err)
+	}
+}
+
+// reason returns why the flow ended (or "" while it has not).
+func (f *flow) reason() string {
+	if f.ctx == nil {
+		return ""
+	}
+	switch c := context.Cause(f.ctx).(type) {
+	case nil:
+		return ""
+	case closeReason:
+		return string(c)
+	default:
+		if errors.Is(c, context.Canceled) {
+			return reasonShutdown // the router's context
+		}
+		return "error: " + c.Error()
+	}
+}
+
+// touch records activity now.
+func (f *flow) touch(now int64) { f.last.Store(now) }
+
+// flowTable tracks the live flows and enforces MaxSessions and
+// MaxSessionsPerClient. It does no I/O: callers act on what it returns.
+type flowTable struct {
+	max, maxPerClient int
+
+	mu        sync.Mutex
+	flows     map[*flow]struct{} // every live flow
+	evictable map[*flow]struct{} // the UDP/ICMP subset
+	perClient map[netip.Addr]int // live flows per client address
+	closed    bool               // no more adds
+	nextID    uint64             // last ID handed out
+	byProto   [ProtoICMP + 1]int // live flows per protocol
+	ended     uint64             // flows finished
+	// Byte and packet totals of finished flows.
+	bytesOut, bytesIn, packetsOut, packetsIn uint64
+}
+
+func newFlowTable(max, maxPerClient int) *flowTable {
+	return &flowTable{
+		max:          max,
+		maxPerClient: maxPerClient,
+		flows:        make(map[*flow]struct{}),
+		evictable:    make(map[*flow]struct{}),
+		perClient:    make(map[netip.Addr]int),
+	}
+}
+
+// evictMinIdle is how long a UDP/ICMP flow must have been idle before a new
+// flow at a session cap may evict it. It keeps active flows from being
+// thrashed by a flood of new ones.
+const evictMinIdle = time.Second
+
+// add inserts f (assigning its ID) if the caps allow, evicting at most one
+// idle UDP/ICMP flow per cap to make room. now is the current activity clock
+// (same scale as flow.last). It returns the evicted flows, which the caller
+// must shut down (they are already out of the table), or ok=false and the
+// refusal reason.
+func (t *flowTable) add(f *flow, now int64) (evicted []*flow, reason Refusal, ok bool) {
+	client := f.client.Addr()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, RefusedClosing, false
+	}
+	if t.maxPerClient > 0 && t.perClient[client] >= t.maxPerClient {
+		v := t.victimLocked(now, client, true)
+		if v == nil {
+			return nil, RefusedClientLimit, false
+		}
+		t.removeLocked(v)
+		evicted = append(evicted, v)
+	}
+	if t.max > 0 && len(t.flows) >= t.max {
+		v := t.victimLocked(now, netip.Addr{}, false)
+		if v == nil {
+			// Unreachable after a per-client eviction (that freed a global
+			// slot too), so evicted is empty here.
+			return evicted, RefusedSessionLimit, false
+		}
+		t.removeLocked(v)
+		evicted = append(evicted, v)
+	}
+	t.nextID++
+	f.id = t.nextID
+	t.flows[f] = struct{}{}
+	if f.evictable {
+		t.evictable[f] = struct{}{}
+	}
+	t.perClient[client]++
+	t.byProto[f.proto]++
+	return evicted, 0, true
+}
+
+// victimLocked returns the least recently active evictable flow (of client,
+// if sameClient) idle for at least evictMinIdle, or nil. O(evictable flows);
+// it runs only at a cap.
+func (t *flowTable) victimLocked(now int64, client netip.Addr, sameClient bool) *flow {
+	var victim *flow
+	var oldest int64
+	for f := range t.evictable {
+		if sameClient && f.client.Addr() != client {
+			continue
+		}
+		last := f.last.Load()
+		if now-last < int64(evictMinIdle) {
+			continue
+		}
+		if victim == nil || last < oldest {
+			victim, oldest = f, last
+		}
+	}
+	return victim
+}
+
+// remove takes f out of the table; it reports false if f was not in it
+// (already removed or evicted).
+func (t *flowTable) remove(f *flow) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.removeLocked(f)
+}
+
+func (t *flowTable) removeLocked(f *flow) bool {
+	if _, ok := t.flows[f]; !ok {
+		return false
+	}
+	delete(t.flows, f)
+	delete(t.evictable, f)
+	client := f.client.Addr()
+	if n := t.perClient[client] - 1; n > 0 {
+		t.perClient[client] = n
+	} else {
+		delete(t.perClient, client)
+	}
+	t.byProto[f.proto]--
+	return true
+}
+
+// close marks the table closed (add fails from now on) and returns every
+// live flow; they stay in the table until their owners remove them.
+func (t *flowTable) close() []*flow {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	return t.snapshotLocked()
+}
+
+func (t *flowTable) snapshot() []*flow {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.snapshotLocked()
+}
+
+func (t *flowTable) snapshotLocked() []*flow {
+	out := make([]*flow, 0, len(t.flows))
+	for f := range t.flows {
+		out = append(out, f)
+	}
+	return out
+}
+
+// finish removes f if it is still in the table (eviction and close take
+// flows out early) and adds its counters to the totals. The flow's owner
+// calls it exactly once, after the flow's I/O has stopped.
+func (t *flowTable) finish(f *flow) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.removeLocked(f)
+	t.ended++
+	t.bytesOut += f.bytesOut.Load()
+	t.bytesIn += f.bytesIn.Load()
+	t.packetsOut += f.packetsOut.Load()
+	t.packetsIn += f.packetsIn.Load()
+}
+
+// tableStats is a consistent snapshot of the table's counters: the byte
+// totals include the live flows.
+type tableStats struct {
+	total                                    int
+	open                                     [ProtoICMP + 1]int
+	ended                                    uint64
+	bytesOut, bytesIn, packetsOut, packetsIn uint64
+}
+
+func (t *flowTable) stats() tableStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := tableStats{
+		total: len(t.flows), open: t.byProto, ended: t.ended,
+		bytesOut: t.bytesOut, bytesIn: t.bytesIn, packetsOut: t.packetsOut, packetsIn: t.packetsIn,
+	}
+	for f := range t.flows {
+		s.bytesOut += f.bytesOut.Load()
+		s.bytesIn += f.bytesIn.Load()
+		s.packetsOut += f.packetsOut.Load()
+		s.packetsIn += f.packetsIn.Load()
+	}
+	return s
+}
+
+// clientCount returns the live flows of one client.
+func (t *flowTable) clientCount(a netip.Addr) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.perClient[a]
+}

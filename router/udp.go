@@ -1,0 +1,142 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/acrouter/acrouter/netstack"
+)
+
+// udpBufSize holds the largest UDP payload (65507 over IPv4) with room to
+// spare, so no datagram is ever truncated.
+const udpBufSize = 64 << 10
+
+var udpBufPool = sync.Pool{New: func() any { b := make([]byte, udpBufSize); return &b }}
+
+// udpRequest is the part of *netstack.UDPRequest the router uses.
+type udpRequest interface {
+	Accept() (net.Conn, error)
+	Reject(how netstack.Reject)
+}
+
+func (r *Router) onUDP(req *netstack.UDPRequest) { r.handleUDP(req.Src, req.Dst, req) }
+
+// handleUDP decides the first datagram of a (src, dst) flow: ACL, limits,
+// a connected host socket for the flow, then forwarding both ways until the
+// flow is idle for UDPIdleTimeout (DNSIdleTimeout for port 53). It runs in
+// the stack's per-request goroutine and keeps it for the client→host loop.
+func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
+	if !r.enter() {
+		r.refused[RefusedClosing].Add(1)
+		req.Reject(netstack.RejectPortUnreachable)
+		return
+	}
+	defer r.wg.Done()
+	if ok, _ := r.acl.check(ProtoUDP, src.Addr(), dst); !ok {
+		r.refuse(RefusedACL, ProtoUDP, src, dst, nil)
+		req.Reject(netstack.RejectAdminProhibited)
+		return
+	}
+	f, _, ok := r.newFlow(ProtoUDP, src, dst)
+	if !ok {
+		req.Reject(netstack.RejectAdminProhibited)
+		return
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, r.cfg.DialTimeout)
+	host, err := r.dial(ctx, "udp", dst.String())
+	cancel()
+	if err != nil {
+		why, how := classifyDialError(err)
+		if f.ctx.Err() != nil {
+			why = RefusedClosing
+		}
+		r.refuse(why, ProtoUDP, src, dst, err)
+		req.Reject(how)
+		r.discard(f)
+		return
+	}
+	client, err := req.Accept()
+	if err != nil {
+		host.Close()
+		r.refuse(RefusedAccept, ProtoUDP, src, dst, err)
+		r.discard(f)
+		return
+	}
+	r.opened(f)
+	timeout := r.cfg.UDPIdleTimeout
+	if dst.Port() == 53 {
+		timeout = r.cfg.DNSIdleTimeout
+	}
+	closeBoth := func() {
+		client.Close()
+		host.Close()
+	}
+	stop := r.onEnd(f, closeBoth)
+	idle := r.startIdleTimer(f, timeout)
+	var pending atomic.Int32
+	pending.Store(2)
+	done := func() {
+		if pending.Add(-1) == 0 {
+			idle.stop()
+			stop()
+			closeBoth()
+			r.finish(f, "closed")
+		}
+	}
+	r.wg.Add(1) // inside the enter section
+	go func() {
+		defer r.wg.Done()
+		r.copyUDP(f, client, host, false)
+		done()
+	}()
+	r.copyUDP(f, host, client, true)
+	done()
+}
+
+// copyUDP forwards datagrams from src to dst until the flow ends. out is
+// the client→host direction. Errors caused by ICMP messages from the
+// destination side (connection refused, message too long) drop one
+// datagram; any other error ends the flow.
+func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
+	bp := udpBufPool.Get().(*[]byte)
+	defer udpBufPool.Put(bp)
+	buf := *bp
+	bytes, packets := &f.bytesIn, &f.packetsIn
+	if out {
+		bytes, packets = &f.bytesOut, &f.packetsOut
+	}
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			if transientUDPError(err) {
+				continue
+			}
+			f.abort(connError(err))
+			return
+		}
+		f.touch(r.now())
+		if _, err := dst.Write(buf[:n]); err != nil {
+			if transientUDPError(err) {
+				continue
+			}
+			f.abort(connError(err))
+			return
+		}
+		bytes.Add(uint64(n))
+		packets.Add(1)
+	}
+}
+
+// transientUDPError reports errors that concern one datagram only. A
+// connected UDP socket reports an ICMP port unreachable for an earlier
+// datagram as ECONNREFUSED on the next call; the flow goes on.
+func transientUDPError(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EMSGSIZE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH)
+}
