@@ -536,7 +536,7 @@ cmd_down() {
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
 		ip netns del "$ns" || log "warning: could not delete netns $ns"
 	done
-	rm -rf "$NETNS_ETC"
+	rm -rf "$NETNS_ETC"; rmdir /etc/netns 2>/dev/null || true
 	n=0; for ns in "${ALL_NS[@]}"; do ns_exists "$ns" && n=$((n + 1)); done
 	[ $n = 0 ] || die "down: $n namespaces left"
 	log "down in $(($(now_ms) - t0)) ms"
