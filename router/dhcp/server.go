@@ -1,0 +1,541 @@
+package dhcp
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// Stats are cumulative counters since New.
+type Stats struct {
+	Received  uint64 // datagrams read
+	Malformed uint64 // undecodable or invalid requests (dropped)
+	// Requests by message type.
+	Discover, Request, Decline, Release, Inform, OtherType uint64
+	// Replies sent.
+	Offer, Ack, Nak    uint64
+	PoolExhausted      uint64 // DISCOVERs that found no free address
+	Declined           uint64 // addresses quarantined after a DECLINE
+	ProbeInUse         uint64 // fresh addresses a Probe found in use (quarantined)
+	ProbeErrors        uint64 // Probe calls that failed (address treated as free)
+	ProbeBusy          uint64 // DISCOVERs dropped because all probe slots were busy
+	IgnoredOtherServer uint64 // REQUESTs for another server (our offer withdrawn)
+	WriteErrors        uint64
+	ReadErrors         uint64
+	SaveErrors         uint64 // failed StateFile writes
+	BoundLeases        int    // bound, unexpired leases now
+}
+
+type counters struct {
+	received, malformed                                  atomic.Uint64
+	discover, request, decline, release, inform, other   atomic.Uint64
+	offer, ack, nak                                      atomic.Uint64
+	exhausted, declined, probeInUse, probeErr, probeBusy atomic.Uint64
+	otherServer, writeErr, readErr, saveErr              atomic.Uint64
+}
+
+// Server is a DHCPv4 server on one PacketConn (bound to port 67, able to
+// send to 255.255.255.255:68). It owns conn: Close closes it.
+type Server struct {
+	conn  net.PacketConn
+	cfg   Config
+	d     *derived
+	log   *slog.Logger
+	rl    *rateLog
+	probe func(ctx context.Context, ip uint32) (bool, error)
+
+	mu   sync.Mutex // guards pool
+	pool *pool
+
+	wmu sync.Mutex // serialises conn writes (serve loop and probe goroutines)
+
+	c        counters
+	probeSem chan struct{}
+	saveCh   chan struct{}
+	dirty    atomic.Bool
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closeMu  sync.Mutex
+	closed   bool
+}
+
+var broadcastAddr = &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort}
+
+// New validates cfg, loads cfg.StateFile if set and starts serving conn in
+// its own goroutine.
+func New(conn net.PacketConn, cfg Config) (*Server, error) {
+	if conn == nil {
+		return nil, errors.New("dhcp: nil PacketConn")
+	}
+	s, err := newServer(conn, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.serve()
+	go s.saver()
+	return s, nil
+}
+
+func newServer(conn net.PacketConn, cfg Config) (*Server, error) {
+	d, err := cfg.derive()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		conn: conn, cfg: cfg, d: d, log: d.log, rl: newRateLog(d.now),
+		pool: newPool(d), probeSem: make(chan struct{}, maxProbes), saveCh: make(chan struct{}, 1),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if cfg.Probe != nil {
+		s.probe = func(ctx context.Context, ip uint32) (bool, error) { return cfg.Probe(ctx, u2a(ip)) }
+	}
+	if cfg.StateFile != "" {
+		n, err := s.load()
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			s.log.Warn("dhcp: ignoring unreadable lease state", "file", cfg.StateFile, "err", err)
+		default:
+			s.log.Info("dhcp: leases loaded", "file", cfg.StateFile, "leases", n)
+		}
+	}
+	return s, nil
+}
+
+// Close stops the server, closes conn, waits for its goroutines and writes
+// the state file one last time.
+func (s *Server) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.closeMu.Unlock()
+	s.cancel()
+	err := s.conn.Close()
+	s.wg.Wait()
+	if serr := s.save(); serr != nil && err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Leases returns a snapshot of the lease table (offered, bound, expired and
+// released records with an owner, and active quarantines), by address.
+func (s *Server) Leases() []Lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pool.leases(s.d.now())
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	c := &s.c
+	st := Stats{
+		Received: c.received.Load(), Malformed: c.malformed.Load(),
+		Discover: c.discover.Load(), Request: c.request.Load(), Decline: c.decline.Load(),
+		Release: c.release.Load(), Inform: c.inform.Load(), OtherType: c.other.Load(),
+		Offer: c.offer.Load(), Ack: c.ack.Load(), Nak: c.nak.Load(),
+		PoolExhausted: c.exhausted.Load(), Declined: c.declined.Load(),
+		ProbeInUse: c.probeInUse.Load(), ProbeErrors: c.probeErr.Load(), ProbeBusy: c.probeBusy.Load(),
+		IgnoredOtherServer: c.otherServer.Load(), WriteErrors: c.writeErr.Load(),
+		ReadErrors: c.readErr.Load(), SaveErrors: c.saveErr.Load(),
+	}
+	s.mu.Lock()
+	now := s.d.now()
+	for _, l := range s.pool.byKey {
+		if l.state == StateBound && l.active(now) {
+			st.BoundLeases++
+		}
+	}
+	s.mu.Unlock()
+	return st
+}
+
+func (s *Server) isClosed() bool {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	return s.closed
+}
+
+func (s *Server) serve() {
+	defer s.wg.Done()
+	buf := make([]byte, 4096)
+	backoff := time.Duration(0)
+	for {
+		n, _, err := s.conn.ReadFrom(buf)
+		if err != nil {
+			if s.isClosed() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.c.readErr.Add(1)
+			s.rl.warn(s.log, "read", "dhcp: read error", "err", err)
+			// Back off on persistent errors so a broken conn cannot spin.
+			backoff = min(max(2*backoff, time.Millisecond), time.Second)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		s.handlePacket(buf[:n])
+	}
+}
+
+// handlePacket processes one datagram. It never panics on bad input.
+func (s *Server) handlePacket(b []byte) {
+	s.c.received.Add(1)
+	req, err := dhcpv4.FromBytes(b)
+	if err != nil {
+		s.malformed("undecodable packet", err)
+		return
+	}
+	if req.OpCode != dhcpv4.OpcodeBootRequest {
+		s.malformed("not a BOOTREQUEST", nil)
+		return
+	}
+	if len(req.ClientHWAddr) == 0 {
+		s.malformed("no client hardware address", nil)
+		return
+	}
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		s.c.discover.Add(1)
+		s.handleDiscover(req)
+	case dhcpv4.MessageTypeRequest:
+		s.c.request.Add(1)
+		s.handleRequest(req)
+	case dhcpv4.MessageTypeDecline:
+		s.c.decline.Add(1)
+		s.handleDecline(req)
+	case dhcpv4.MessageTypeRelease:
+		s.c.release.Add(1)
+		s.handleRelease(req)
+	case dhcpv4.MessageTypeInform:
+		s.c.inform.Add(1)
+		s.handleInform(req)
+	default:
+		s.c.other.Add(1)
+	}
+}
+
+func (s *Server) malformed(what string, err error) {
+	s.c.malformed.Add(1)
+	if err != nil {
+		s.rl.warn(s.log, "malformed", "dhcp: dropping malformed request", "problem", what, "err", err)
+	} else {
+		s.rl.warn(s.log, "malformed", "dhcp: dropping malformed request", "problem", what)
+	}
+}
+
+// clientKey identifies the client: option 61 if present, else chaddr.
+func clientKey(req *dhcpv4.DHCPv4) (key string, cid []byte) {
+	if id := req.Options.Get(dhcpv4.OptionClientIdentifier); len(id) > 0 {
+		return "id:" + hex.EncodeToString(id), id
+	}
+	return "hw:" + req.ClientHWAddr.String(), nil
+}
+
+func ipU32(ip net.IP) uint32 {
+	ip4 := ip.To4()
+	if ip4 == nil {
+		return 0
+	}
+	return uint32(ip4[0])<<24 | uint32(ip4[1])<<16 | uint32(ip4[2])<<8 | uint32(ip4[3])
+}
+
+func (s *Server) inSubnet(ip uint32) bool { return ip >= s.d.netBase && ip <= s.d.bcast }
+
+func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
+	key, cid := clientKey(req)
+	mac := req.ClientHWAddr.String()
+	host := sanitizeHostname(req.HostName())
+	now := s.d.now()
+
+	s.mu.Lock()
+	ip, fresh, ok := s.pool.choose(key, mac, ipU32(req.RequestedIPAddress()), now)
+	if !ok {
+		s.mu.Unlock()
+		s.c.exhausted.Add(1)
+		s.rl.warn(s.log, "exhausted", "dhcp: address pool exhausted", "mac", mac)
+		return
+	}
+	hw := append(net.HardwareAddr(nil), req.ClientHWAddr...)
+	s.pool.offer(key, hw, cid, ip, host, now)
+	s.mu.Unlock()
+
+	if !fresh || s.probe == nil {
+		s.sendOffer(req, ip)
+		return
+	}
+	select {
+	case s.probeSem <- struct{}{}:
+	default:
+		s.mu.Lock()
+		s.pool.cancelOffer(key, now)
+		s.mu.Unlock()
+		s.c.probeBusy.Add(1)
+		s.rl.warn(s.log, "probebusy", "dhcp: all conflict probes busy; DISCOVER dropped", "mac", mac)
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.probeSem }()
+		s.probeAndOffer(req, key, mac, hw, cid, host, ip)
+	}()
+}
+
+// probeAndOffer probes ip (and up to maxProbeCandidates-1 alternatives) and
+// sends an OFFER for the first address not in use.
+func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.HardwareAddr, cid []byte, host string, ip uint32) {
+	for range maxProbeCandidates {
+		ctx, cancel := context.WithTimeout(s.ctx, s.d.probeTimeout)
+		inUse, err := s.probe(ctx, ip)
+		cancel()
+		if s.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.c.probeErr.Add(1)
+			s.rl.warn(s.log, "probeerr", "dhcp: address probe failed; assuming free", "ip", u2a(ip), "err", err)
+		}
+		if err != nil || !inUse {
+			s.sendOffer(req, ip)
+			return
+		}
+		s.c.probeInUse.Add(1)
+		s.log.Warn("dhcp: address in use by an unknown host; quarantined", "ip", u2a(ip), "for", s.d.quarantine)
+		now := s.d.now()
+		s.mu.Lock()
+		s.pool.quarantine(ip, now)
+		next, _, ok := s.pool.choose(key, mac, 0, now)
+		if ok {
+			s.pool.offer(key, hw, cid, next, host, now)
+		}
+		s.mu.Unlock()
+		if !ok {
+			s.c.exhausted.Add(1)
+			s.rl.warn(s.log, "exhausted", "dhcp: address pool exhausted", "mac", mac)
+			return
+		}
+		ip = next
+	}
+	s.mu.Lock()
+	s.pool.cancelOffer(key, s.d.now())
+	s.mu.Unlock()
+	s.rl.warn(s.log, "probegiveup", "dhcp: too many addresses in use; no offer", "mac", mac)
+}
+
+func (s *Server) sendOffer(req *dhcpv4.DHCPv4, ip uint32) {
+	resp := s.reply(req, dhcpv4.MessageTypeOffer, ip, true)
+	if s.send(req, resp, s.replyDest(req, false)) {
+		s.c.offer.Add(1)
+	}
+}
+
+func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
+	key, cid := clientKey(req)
+	mac := req.ClientHWAddr.String()
+	sid := req.ServerIdentifier()
+	reqIP := ipU32(req.RequestedIPAddress())
+	ciaddr := ipU32(req.ClientIPAddr)
+	now := s.d.now()
+
+	// RFC 2131 §4.3.2: which state the client is in decides the address.
+	var target uint32
+	switch {
+	case sid != nil: // SELECTING
+		if ipU32(sid) != s.d.server {
+			s.mu.Lock()
+			s.pool.cancelOffer(key, now)
+			s.mu.Unlock()
+			s.c.otherServer.Add(1)
+			return
+		}
+		target = reqIP
+		if target == 0 {
+			target = ciaddr
+		}
+	case reqIP != 0: // INIT-REBOOT
+		target = reqIP
+	default: // RENEWING (unicast) or REBINDING (broadcast)
+		target = ciaddr
+	}
+	if target == 0 {
+		s.malformed("REQUEST without an address", nil)
+		return
+	}
+
+	s.mu.Lock()
+	reason := ""
+	if !s.inSubnet(target) {
+		reason = "address not on this network"
+	} else if r, has := s.d.reservedByMAC[mac]; has && r != target && s.pool.usable(r, key, mac, now) {
+		reason = "client has a different reserved address"
+	} else if !s.pool.usable(target, key, mac, now) {
+		reason = "address not available"
+	}
+	var l *lease
+	var renewed bool
+	if reason == "" {
+		old := s.pool.byKey[key]
+		renewed = old != nil && old.ip == target && old.state == StateBound && old.active(now)
+		l = s.pool.bind(key, append(net.HardwareAddr(nil), req.ClientHWAddr...), cid, target,
+			sanitizeHostname(req.HostName()), now)
+	}
+	s.mu.Unlock()
+
+	if reason != "" {
+		s.log.Info("dhcp: NAK", "mac", mac, "ip", u2a(target), "reason", reason)
+		if s.send(req, s.nak(req, reason), s.replyDest(req, true)) {
+			s.c.nak.Add(1)
+		}
+		return
+	}
+	if renewed {
+		s.log.Debug("dhcp: lease renewed", "mac", mac, "ip", u2a(target))
+	} else {
+		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", l.hostname, "lease", s.d.leaseTime)
+	}
+	if s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, true), s.replyDest(req, false)) {
+		s.c.ack.Add(1)
+	}
+	s.markDirty()
+}
+
+func (s *Server) handleDecline(req *dhcpv4.DHCPv4) {
+	if sid := req.ServerIdentifier(); sid != nil && ipU32(sid) != s.d.server {
+		return
+	}
+	key, _ := clientKey(req)
+	ip := ipU32(req.RequestedIPAddress())
+	now := s.d.now()
+	s.mu.Lock()
+	l := s.pool.byIP[ip]
+	owned := l != nil && l.key == key
+	if owned {
+		s.pool.quarantine(ip, now)
+	}
+	s.mu.Unlock()
+	if !owned {
+		s.rl.warn(s.log, "decline", "dhcp: DECLINE for an address the client does not hold; ignored",
+			"mac", req.ClientHWAddr.String(), "ip", u2a(ip))
+		return
+	}
+	s.c.declined.Add(1)
+	s.log.Warn("dhcp: client declined address (conflict); quarantined", "mac", req.ClientHWAddr.String(),
+		"ip", u2a(ip), "for", s.d.quarantine)
+	s.markDirty()
+}
+
+func (s *Server) handleRelease(req *dhcpv4.DHCPv4) {
+	if sid := req.ServerIdentifier(); sid != nil && ipU32(sid) != s.d.server {
+		return
+	}
+	key, _ := clientKey(req)
+	ip := ipU32(req.ClientIPAddr)
+	s.mu.Lock()
+	changed := s.pool.release(key, ip, s.d.now())
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("dhcp: lease released", "mac", req.ClientHWAddr.String(), "ip", u2a(ip))
+		s.markDirty()
+	}
+}
+
+func (s *Server) handleInform(req *dhcpv4.DHCPv4) {
+	resp := s.reply(req, dhcpv4.MessageTypeAck, 0, false)
+	resp.ClientIPAddr = req.ClientIPAddr
+	if s.send(req, resp, s.replyDest(req, false)) {
+		s.c.ack.Add(1)
+	}
+}
+
+// replyDest implements RFC 2131 §4.1: via the relay if giaddr is set,
+// unicast to ciaddr if the client has an address (not for NAK), otherwise
+// broadcast (we cannot unicast to an address the client does not have yet
+// without injecting an ARP entry, and broadcast is always accepted).
+func (s *Server) replyDest(req *dhcpv4.DHCPv4, nak bool) net.Addr {
+	if gi := ipU32(req.GatewayIPAddr); gi != 0 {
+		return &net.UDPAddr{IP: u2ip(gi), Port: dhcpv4.ServerPort}
+	}
+	if ci := ipU32(req.ClientIPAddr); ci != 0 && !nak {
+		return &net.UDPAddr{IP: u2ip(ci), Port: dhcpv4.ClientPort}
+	}
+	return broadcastAddr
+}
+
+func (s *Server) send(req, m *dhcpv4.DHCPv4, to net.Addr) bool {
+	b := s.encode(req, m)
+	s.wmu.Lock()
+	_, err := s.conn.WriteTo(b, to)
+	s.wmu.Unlock()
+	if err != nil {
+		if s.isClosed() {
+			return false
+		}
+		s.c.writeErr.Add(1)
+		s.rl.warn(s.log, "write", "dhcp: send failed", "to", to.String(), "err", err)
+		return false
+	}
+	return true
+}
+
+func sanitizeHostname(h string) string {
+	const max = 63
+	b := make([]byte, 0, min(len(h), max))
+	for i := 0; i < len(h) && len(b) < max; i++ {
+		c := h[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+// rateLog lets one line per key through every rateLogEvery and counts the rest.
+type rateLog struct {
+	mu         sync.Mutex
+	now        func() time.Time
+	last       map[string]time.Time
+	suppressed map[string]int
+}
+
+const rateLogEvery = 10 * time.Second
+
+func newRateLog(now func() time.Time) *rateLog {
+	return &rateLog{now: now, last: map[string]time.Time{}, suppressed: map[string]int{}}
+}
+
+func (r *rateLog) warn(l *slog.Logger, key, msg string, args ...any) {
+	r.mu.Lock()
+	now := r.now()
+	if t, ok := r.last[key]; ok && now.Sub(t) < rateLogEvery {
+		r.suppressed[key]++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed[key]
+	r.last[key] = now
+	r.suppressed[key] = 0
+	r.mu.Unlock()
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	l.Warn(msg, args...)
+}
