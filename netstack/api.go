@@ -123,6 +123,9 @@ type Stats struct {
 	DropMalformed       uint64 // inbound frames too short or with a bad header
 	DropNotForUs        uint64 // unicast frames to another host's MAC
 	DropOwnSource       uint64 // inbound frames claiming our MAC as source
+	DropOtherProtocol   uint64 // inbound EtherTypes other than IPv4 and ARP
+	DropARPOther        uint64 // ARP requests for addresses that are not ours
+	DropARPConflict     uint64 // ARP from another MAC claiming the router address
 	DropQueueFull       uint64 // outbound frames dropped: write queue full
 	ReadErrors          uint64 // Link.ReadFrame errors other than close
 	WriteErrors         uint64 // Link.WriteFrames errors (frames lost)
@@ -130,6 +133,7 @@ type Stats struct {
 	// Flow requests handed to handlers.
 	TCPRequests, TCPAccepted, TCPRejected uint64
 	TCPForwardDrops                       uint64 // gVisor ForwardMaxInFlightDrop: SYNs over MaxInFlightSYN
+	TCPAcceptFailed                       uint64 // Accept could not complete the handshake
 	UDPRequests, UDPAccepted, UDPRejected uint64
 	UDPPendingDrops                       uint64 // datagrams dropped while a UDP request was pending
 	EchoRequests                          uint64 // echo requests handed to the echo handler
@@ -144,6 +148,6 @@ type Stats struct {
 	UDPReceiveBufferErrors, UDPMalformed            uint64
 	ICMPEchoIn, ICMPEchoReplyOut, ICMPDstUnreachIn  uint64
 	IPPacketsIn, IPMalformed, IPInvalidDst          uint64
-	IPReassembled, IPFragmentErrors                 uint64
+	IPMalformedFragments                            uint64
 	ARPRequestsIn, ARPRepliesOut, ARPMalformed      uint64
 }

@@ -1,0 +1,517 @@
+package netstack
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+const (
+	ethHeaderLen = header.EthernetMinimumSize // 14: dst MAC, src MAC, EtherType
+
+	// writeQueueFrames bounds the outbound queue between gVisor and the
+	// writer goroutine. Frames beyond it are dropped (TCP retransmits); a
+	// Link that accepts batches quickly never lets it fill.
+	writeQueueFrames = 1024
+
+	// maxBatchFrames bounds one WriteFrames call.
+	maxBatchFrames = 256
+
+	// readBufSize is the read buffer handed to Link.ReadFrame. It is larger
+	// than any valid frame so that oversized frames are counted as
+	// DropTooBig here rather than becoming opaque link errors.
+	readBufSize = 64 << 10
+)
+
+// linkCounters are the endpoint's own counters (atomics, read by Stats).
+type linkCounters struct {
+	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
+	dropTooBig, dropMalformed, dropNotForUs  atomic.Uint64
+	dropOwnSource, dropQueueFull, dropProto  atomic.Uint64
+	dropARPConflict, dropARPOther            atomic.Uint64
+	readErrors, writeErrors                  atomic.Uint64
+}
+
+// linkEndpoint is the stack's Ethernet NIC: a stack.LinkEndpoint on a Link.
+// Inbound, readLoop reads frames, filters them (see accept) and hands them to
+// the stack's dispatcher. Outbound, WritePackets copies each packet into a
+// pooled frame buffer and queues it; writeLoop hands the queue to
+// Link.WriteFrames in batches.
+type linkEndpoint struct {
+	link   Link
+	mac    tcpip.LinkAddress
+	addr   tcpip.Address // router address (ARP filtering and rewriting)
+	log    *slog.Logger
+	ctr    *linkCounters
+	onDHCP func(src net.HardwareAddr, ip [4]byte) // foreign DHCP server hook, or nil
+
+	mtu atomic.Uint32 // IP MTU
+
+	dispMu     sync.RWMutex
+	dispatcher stack.NetworkDispatcher // guarded by dispMu
+
+	// Outbound queue. qmu guards queue, free, qclosed.
+	qmu     sync.Mutex
+	queue   [][]byte // frames waiting for writeLoop
+	free    [][]byte // recycled frame buffers (cap frameCap)
+	qclosed bool
+	wake    chan struct{} // cap 1: queue became non-empty or closed
+
+	frameCap   int
+	writerDone chan struct{}
+	readerDone chan struct{}
+	closeOnce  sync.Once
+	stopped    atomic.Bool // set by Close: readLoop stops delivering
+}
+
+var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
+
+func newLinkEndpoint(link Link, mac tcpip.LinkAddress, addr tcpip.Address, mtu uint32, log *slog.Logger, ctr *linkCounters) *linkEndpoint {
+	e := &linkEndpoint{
+		link:       link,
+		mac:        mac,
+		addr:       addr,
+		log:        log,
+		ctr:        ctr,
+		wake:       make(chan struct{}, 1),
+		frameCap:   int(mtu) + ethHeaderLen,
+		writerDone: make(chan struct{}),
+		readerDone: make(chan struct{}),
+	}
+	e.mtu.Store(mtu)
+	return e
+}
+
+// start launches the reader and writer goroutines. It is called once the
+// NIC exists, so that every frame read has a dispatcher.
+func (e *linkEndpoint) start() {
+	go e.writeLoop()
+	go e.readLoop()
+}
+
+// MTU implements stack.LinkEndpoint: the IP MTU.
+func (e *linkEndpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint. The frame buffers are sized at
+// creation; a larger MTU is clamped to it.
+func (e *linkEndpoint) SetMTU(mtu uint32) {
+	if max := uint32(e.frameCap - ethHeaderLen); mtu > max {
+		mtu = max
+	}
+	e.mtu.Store(mtu)
+}
+
+// MaxHeaderLength implements stack.LinkEndpoint.
+func (e *linkEndpoint) MaxHeaderLength() uint16 { return ethHeaderLen }
+
+// LinkAddress implements stack.LinkEndpoint.
+func (e *linkEndpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
+
+// SetLinkAddress implements stack.LinkEndpoint; the MAC is fixed.
+func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint. No checksum offload: frames
+// come from an untrusted hub, so the stack verifies and computes checksums.
+func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityResolutionRequired
+}
+
+// Attach implements stack.LinkEndpoint.
+func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
+	e.dispMu.Lock()
+	e.dispatcher = d
+	e.dispMu.Unlock()
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *linkEndpoint) IsAttached() bool {
+	e.dispMu.RLock()
+	defer e.dispMu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint. The goroutines are waited for by
+// Stack.Close, which knows when the Link is closed.
+func (e *linkEndpoint) Wait() {}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+// AddHeader implements stack.LinkEndpoint.
+func (e *linkEndpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(ethHeaderLen))
+	src := pkt.EgressRoute.LocalLinkAddress
+	if src == "" {
+		src = e.mac
+	}
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: src,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (e *linkEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	_, ok := pkt.LinkHeader().Consume(ethHeaderLen)
+	return ok
+}
+
+// Close implements stack.LinkEndpoint: gVisor calls it when the NIC is
+// removed. It stops the writer after it has flushed what is queued.
+func (e *linkEndpoint) Close() {
+	e.closeOnce.Do(func() {
+		e.qmu.Lock()
+		e.qclosed = true
+		e.qmu.Unlock()
+		e.kick()
+	})
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *linkEndpoint) SetOnCloseAction(func()) {}
+
+// WritePackets implements stack.LinkWriter. It copies every packet into a
+// frame buffer and queues it for writeLoop; it never blocks on the Link.
+func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	e.qmu.Lock()
+	if e.qclosed {
+		e.qmu.Unlock()
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	for _, pkt := range pkts.AsSlice() {
+		f := e.frameLocked(pkt.Size())
+		if f == nil {
+			continue
+		}
+		f = f[:copyPacket(f, pkt)]
+		if pkt.NetworkProtocolNumber == header.ARPProtocolNumber {
+			e.rewriteARPSender(f)
+		}
+		e.queue = append(e.queue, f)
+		n++
+	}
+	e.qmu.Unlock()
+	if n > 0 {
+		e.kick()
+	}
+	return n, nil
+}
+
+// enqueueFrames queues frames built outside gVisor (copied).
+func (e *linkEndpoint) enqueueFrames(frames [][]byte) error {
+	e.qmu.Lock()
+	if e.qclosed {
+		e.qmu.Unlock()
+		return net.ErrClosed
+	}
+	n := 0
+	for _, src := range frames {
+		if f := e.frameLocked(len(src)); f != nil {
+			copy(f, src)
+			e.queue = append(e.queue, f)
+			n++
+		}
+	}
+	e.qmu.Unlock()
+	if n > 0 {
+		e.kick()
+	}
+	if n < len(frames) {
+		return errors.New("netstack: write queue full")
+	}
+	return nil
+}
+
+// frameLocked returns a frame buffer of length size for the queue, or nil
+// (counted) if the frame is too big or the queue is full. qmu must be held.
+func (e *linkEndpoint) frameLocked(size int) []byte {
+	if size > e.frameCap {
+		// Cannot happen without GSO (not enabled); count, don't crash.
+		e.ctr.dropTooBig.Add(1)
+		return nil
+	}
+	if len(e.queue) >= writeQueueFrames {
+		e.ctr.dropQueueFull.Add(1)
+		return nil
+	}
+	if k := len(e.free); k > 0 {
+		f := e.free[k-1]
+		e.free = e.free[:k-1]
+		return f[:size]
+	}
+	return make([]byte, size, e.frameCap)
+}
+
+func (e *linkEndpoint) kick() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// copyPacket copies the whole packet (link header included) into dst, which
+// must be pkt.Size() long, without allocating.
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
+	vl, off := pkt.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil && n < len(dst); v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
+}
+
+// rewriteARPSender makes outbound ARP requests carry the router address as
+// sender. With spoofing on, gVisor resolves a client's MAC using the
+// route's local address, which for a forwarded flow is the foreign address
+// (e.g. "who has 192.168.30.10, tell 1.2.3.4"); clients should only ever
+// learn the router's own IP-to-MAC binding from us.
+func (e *linkEndpoint) rewriteARPSender(f []byte) {
+	if len(f) < ethHeaderLen+header.ARPSize {
+		return
+	}
+	a := header.ARP(f[ethHeaderLen:])
+	if !a.IsValid() || a.Op() != header.ARPRequest {
+		return
+	}
+	copy(a.ProtocolAddressSender(), e.addr.AsSlice())
+}
+
+// writeLoop hands queued frames to the Link in batches until Close, then
+// flushes what is left and exits.
+func (e *linkEndpoint) writeLoop() {
+	defer close(e.writerDone)
+	var batch [][]byte
+	for {
+		<-e.wake
+		for {
+			e.qmu.Lock()
+			closed := e.qclosed
+			k := min(len(e.queue), maxBatchFrames)
+			batch = append(batch[:0], e.queue[:k]...)
+			rest := copy(e.queue, e.queue[k:])
+			clear(e.queue[rest:])
+			e.queue = e.queue[:rest]
+			e.qmu.Unlock()
+			if k == 0 {
+				if closed {
+					return
+				}
+				break
+			}
+			e.write(batch)
+			e.qmu.Lock()
+			for i, f := range batch {
+				if len(e.free) < writeQueueFrames {
+					e.free = append(e.free, f[:cap(f)])
+				}
+				batch[i] = nil
+			}
+			e.qmu.Unlock()
+		}
+	}
+}
+
+func (e *linkEndpoint) write(batch [][]byte) {
+	var bytes uint64
+	for _, f := range batch {
+		bytes += uint64(len(f))
+	}
+	if err := e.link.WriteFrames(batch); err != nil {
+		e.ctr.writeErrors.Add(uint64(len(batch)))
+		if !errors.Is(err, net.ErrClosed) {
+			e.log.Debug("netstack: link write failed", "frames", len(batch), "err", err)
+		}
+		return
+	}
+	e.ctr.framesOut.Add(uint64(len(batch)))
+	e.ctr.bytesOut.Add(bytes)
+}
+
+// readLoop reads frames until ReadFrame reports that the Link is closed.
+func (e *linkEndpoint) readLoop() {
+	defer close(e.readerDone)
+	buf := make([]byte, readBufSize)
+	consecutiveErrs := 0
+	for {
+		n, err := e.link.ReadFrame(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+				return
+			}
+			e.ctr.readErrors.Add(1)
+			consecutiveErrs++
+			if consecutiveErrs%1000 == 1 {
+				e.log.Warn("netstack: link read failed", "err", err, "consecutive", consecutiveErrs)
+			}
+			if consecutiveErrs > 16 {
+				// A link that fails without being closed must not make
+				// this loop spin; back off a little.
+				time.Sleep(time.Millisecond)
+			}
+			continue
+		}
+		consecutiveErrs = 0
+		if e.stopped.Load() {
+			continue // Close is waiting for the owner to close the Link
+		}
+		e.deliver(buf[:n])
+	}
+}
+
+// deliver filters one inbound frame and hands it to the stack. It must not
+// retain frame.
+func (e *linkEndpoint) deliver(frame []byte) {
+	proto, pktType, ok := e.accept(frame)
+	if !ok {
+		return
+	}
+	e.ctr.framesIn.Add(1)
+	e.ctr.bytesIn.Add(uint64(len(frame)))
+
+	e.dispMu.RLock()
+	d := e.dispatcher
+	e.dispMu.RUnlock()
+	if d == nil {
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(frame), // copies into pooled chunks
+	})
+	pkt.LinkHeader().Consume(ethHeaderLen)
+	pkt.PktType = pktType
+	d.DeliverNetworkPacket(proto, pkt)
+	pkt.DecRef() // gvisor-tap-vsock#107: without this, buffers leak
+}
+
+// accept decides whether an inbound frame goes to the stack. It drops:
+// runts and oversized frames; frames whose source is our MAC or a group
+// address; unicast frames to other hosts (the hub floods unknown unicast, and
+// spoofing mode would otherwise make us forward other hosts' traffic);
+// EtherTypes other than IPv4 and ARP; and ARP that gVisor in spoofing mode
+// would answer for addresses that are not ours (see filterARP).
+func (e *linkEndpoint) accept(frame []byte) (tcpip.NetworkProtocolNumber, tcpip.PacketType, bool) {
+	if len(frame) < ethHeaderLen {
+		e.ctr.dropMalformed.Add(1)
+		return 0, 0, false
+	}
+	if len(frame) > e.frameCap {
+		e.ctr.dropTooBig.Add(1)
+		return 0, 0, false
+	}
+	eth := header.Ethernet(frame)
+	src := eth.SourceAddress()
+	if src == e.mac {
+		e.ctr.dropOwnSource.Add(1)
+		return 0, 0, false
+	}
+	if src[0]&1 != 0 { // group bit set: not a valid source address
+		e.ctr.dropMalformed.Add(1)
+		return 0, 0, false
+	}
+	proto := eth.Type()
+	if proto == header.IPv4ProtocolNumber && e.onDHCP != nil {
+		// Before the destination filter: a foreign server's unicast
+		// offer only reaches us when the hub floods it.
+		e.checkForeignDHCP(frame)
+	}
+	var pktType tcpip.PacketType
+	switch dst := eth.DestinationAddress(); {
+	case dst == e.mac:
+		pktType = tcpip.PacketHost
+	case dst == header.EthernetBroadcastAddress:
+		pktType = tcpip.PacketBroadcast
+	case header.IsMulticastEthernetAddress(dst):
+		pktType = tcpip.PacketMulticast
+	default:
+		e.ctr.dropNotForUs.Add(1)
+		return 0, 0, false
+	}
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		if pktType == tcpip.PacketMulticast {
+			// We join no multicast groups; spoofing mode would otherwise
+			// hand multicast flows to the forwarders.
+			e.ctr.dropNotForUs.Add(1)
+			return 0, 0, false
+		}
+	case header.ARPProtocolNumber:
+		if !e.filterARP(frame[ethHeaderLen:]) {
+			return 0, 0, false
+		}
+	default:
+		e.ctr.dropProto.Add(1)
+		return 0, 0, false
+	}
+	return proto, pktType, true
+}
+
+// filterARP lets through ARP replies (they feed the neighbour cache) and
+// requests whose target is the router address. gVisor answers every request
+// when the NIC spoofs (arp.go: CheckLocalAddress is true for any address),
+// which would claim every IP on the hub, break client-to-client traffic and
+// make clients' duplicate-address probes fail. Packets that claim the
+// router address as sender from another MAC are an address conflict and
+// dropped so they cannot poison anything.
+func (e *linkEndpoint) filterARP(p []byte) bool {
+	if len(p) < header.ARPSize {
+		e.ctr.dropMalformed.Add(1)
+		return false
+	}
+	a := header.ARP(p)
+	if !a.IsValid() {
+		e.ctr.dropMalformed.Add(1)
+		return false
+	}
+	if tcpip.AddrFrom4Slice(a.ProtocolAddressSender()) == e.addr {
+		e.ctr.dropARPConflict.Add(1)
+		e.log.Debug("netstack: ARP claims the router address", "mac", net.HardwareAddr(a.HardwareAddressSender()).String())
+		return false
+	}
+	switch a.Op() {
+	case header.ARPReply:
+		return true
+	case header.ARPRequest:
+		if tcpip.AddrFrom4Slice(a.ProtocolAddressTarget()) == e.addr {
+			return true
+		}
+	}
+	e.ctr.dropARPOther.Add(1)
+	return false
+}
+
+// checkForeignDHCP reports a DHCP server reply (UDP 67 -> 68) sent by
+// another host on the hub.
+func (e *linkEndpoint) checkForeignDHCP(frame []byte) {
+	ip := header.IPv4(frame[ethHeaderLen:])
+	if len(ip) < header.IPv4MinimumSize || ip.Protocol() != uint8(header.UDPProtocolNumber) {
+		return
+	}
+	hl := int(ip.HeaderLength())
+	if hl < header.IPv4MinimumSize || len(ip) < hl+header.UDPMinimumSize || ip.FragmentOffset() != 0 {
+		return
+	}
+	u := header.UDP(ip[hl:])
+	if u.SourcePort() != 67 || u.DestinationPort() != 68 {
+		return
+	}
+	mac := make(net.HardwareAddr, 6)
+	copy(mac, header.Ethernet(frame).SourceAddress())
+	e.onDHCP(mac, ip.SourceAddress().As4())
+}

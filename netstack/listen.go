@@ -1,0 +1,114 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// dhcpServerPort is the BOOTP/DHCP server port (RFC 2131 §4.1).
+const dhcpServerPort = 67
+
+// ListenTCP listens on the router address and port. Accepted connections
+// are *gonet.TCPConn values, which implement TCPConn.
+func (st *Stack) ListenTCP(port uint16) (net.Listener, error) {
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen tcp :%d: %w", port, net.ErrClosed)
+	}
+	l, err := gonet.ListenTCP(st.s, tcpip.FullAddress{NIC: nicID, Addr: st.addr, Port: port}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen tcp %v:%d: %w", st.cfg.Addr.Addr(), port, err)
+	}
+	return l, nil
+}
+
+// ListenUDP opens a UDP socket on the router address and port. ReadFrom
+// returns *net.UDPAddr peers; WriteTo takes *net.UDPAddr.
+func (st *Stack) ListenUDP(port uint16) (net.PacketConn, error) {
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen udp :%d: %w", port, net.ErrClosed)
+	}
+	c, err := gonet.DialUDP(st.s, &tcpip.FullAddress{NIC: nicID, Addr: st.addr, Port: port}, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen udp %v:%d: %w", st.cfg.Addr.Addr(), port, err)
+	}
+	return c, nil
+}
+
+// ListenDHCP opens the DHCP server socket: UDP port 67 on any address with
+// broadcast enabled, so it receives requests from 0.0.0.0:68 to
+// 255.255.255.255:67 as well as unicast renewals, and WriteTo
+// 255.255.255.255:68 (or a unicast address) sends from the router address.
+// Only one may be open at a time.
+func (st *Stack) ListenDHCP() (net.PacketConn, error) {
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen dhcp: %w", net.ErrClosed)
+	}
+	var wq waiter.Queue
+	ep, terr := st.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fmt.Errorf("netstack: listen dhcp: %v", terr)
+	}
+	ep.SocketOptions().SetBroadcast(true)
+	// Bound to the NIC and the unspecified address, like a DHCP server
+	// socket on INADDR_ANY: it sees broadcasts, and replies use the NIC's
+	// primary (router) address as source.
+	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: dhcpServerPort}); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("netstack: listen dhcp :%d: %v", dhcpServerPort, terr)
+	}
+	return gonet.NewUDPConn(&wq, ep), nil
+}
+
+// ProbeAddr reports whether ip (which must be inside Config.Addr's subnet and
+// not the router address) answers ARP on the hub. A neighbour-cache entry in
+// the reachable state (confirmed within the last ~30 s) counts as an answer;
+// otherwise the entry is dropped and a fresh ARP resolution runs. It returns
+// (false, nil) when resolution fails (gVisor's default: 3 probes 1 s apart)
+// and ctx.Err() when ctx ends first.
+func (st *Stack) ProbeAddr(ctx context.Context, ip netip.Addr) (inUse bool, err error) {
+	if !ip.Is4() || !st.pfx.Contains(ip) || ip == st.cfg.Addr.Addr() || ip == st.pfx.Addr() || ip == broadcastOf(st.pfx) {
+		return false, fmt.Errorf("netstack: probe %v: not a host address in %v other than the router", ip, st.pfx)
+	}
+	if st.closed.Load() {
+		return false, fmt.Errorf("netstack: probe %v: %w", ip, net.ErrClosed)
+	}
+	a := tcpip.AddrFrom4(ip.As4())
+	if ns, terr := st.s.Neighbors(nicID, ipv4.ProtocolNumber); terr == nil {
+		for _, n := range ns {
+			if n.Addr == a && n.State == stack.Reachable {
+				return true, nil
+			}
+		}
+	}
+	_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, a) // force a fresh probe
+	res := make(chan stack.LinkResolutionResult, 1)
+	terr := st.s.GetLinkAddress(nicID, a, st.addr, ipv4.ProtocolNumber, func(r stack.LinkResolutionResult) {
+		res <- r
+	})
+	switch terr.(type) {
+	case nil, *tcpip.ErrWouldBlock:
+	default:
+		return false, fmt.Errorf("netstack: probe %v: %v", ip, terr)
+	}
+	select {
+	case r := <-res:
+		if r.Err != nil {
+			return false, nil
+		}
+		return true, nil
+	case <-ctx.Done():
+		return false, fmt.Errorf("netstack: probe %v: %w", ip, ctx.Err())
+	}
+}
+
+var _ = errors.New
