@@ -374,7 +374,7 @@ func (l *Lab) RestartServer(ctx context.Context) error {
 }
 
 // KillConns destroys (ss -K) the server side of the established TCP connections
-// on the server port from peer ("" = every non-localhost peer). It returns how
+// on the server port from peer ("IP" or "IP:PORT"; "" = every non-localhost peer). It returns how
 // many were killed; zero matching connections is an error.
 func (l *Lab) KillConns(ctx context.Context, peer string) (int, error) {
 	args := []string{"kill-conns"}

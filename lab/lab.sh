@@ -30,7 +30,7 @@
 #              dnsmasq :53 (zone lab.test, no upstream) ─────┘
 #
 # Usage: lab.sh install|up|down|purge|status|env|exec NS CMD..|vpncmd ARGS..|
-#               dhcp clab|csnat|static clab|csnat [IP/PFX GW]|restart-server|kill-conns [PEER_IP]
+#               dhcp clab|csnat|static clab|csnat [IP/PFX GW]|restart-server|kill-conns [PEER_IP[:PORT]]
 set -euo pipefail
 
 # ------------------------------------------------------------------ settings --
@@ -138,9 +138,12 @@ missing_pkgs() {
 }
 # vpnserver processes in the ROOT network namespace (e.g. the package's own service)
 root_ns_servers() {
-	local p root; root=$(readlink /proc/1/ns/net)
+	# the initial namespace: pid 1's may be unreadable (sandboxes); kernel threads (kthreadd = 2) live there too
+	local p ns root; root=$(readlink /proc/1/ns/net 2>/dev/null || readlink /proc/2/ns/net 2>/dev/null || true)
+	[ -n "$root" ] || die "cannot tell the root network namespace (/proc/1/ns/net, /proc/2/ns/net unreadable)"
 	for p in $(pgrep -x vpnserver 2>/dev/null || true); do
-		[ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$root" ] && echo "$p"
+		ns=$(readlink "/proc/$p/ns/net" 2>/dev/null || true) # empty: exiting process
+		[ "$ns" = "$root" ] && echo "$p"
 	done
 	return 0
 }
@@ -632,9 +635,9 @@ cmd_restart_server() {
 	wait_bridges
 	log "restart-server: stop $((t1 - t0)) ms, start+ready $(($(now_ms) - t1)) ms"
 }
-cmd_kill_conns() { # [PEER_IP]: destroy the server's TCP connections on :$LAB_PORT (except admin/localhost)
+cmd_kill_conns() { # [PEER_IP[:PORT]]: destroy (ss -K) the server side of TCP connections on :$LAB_PORT
 	need_root
-	local filter="( sport = :$LAB_PORT )"
+	local filter
 	if [ -n "${1:-}" ]; then filter="( sport = :$LAB_PORT and dst $1 )"; else filter="( sport = :$LAB_PORT and not dst 127.0.0.1 )"; fi
 	local before after
 	before=$(in_ns "$NS_HUB" ss -Htn state established "$filter" | wc -l)
