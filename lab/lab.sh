@@ -443,6 +443,8 @@ server_configure() {
 	} >"$f"
 	# UserCreate fails for existing users; the file keeps going, so judge the result by UserList below
 	vc "/IN:$f" >"$LOGS/configure.log" 2>&1 || true
+	local bad; bad=$(grep -o 'Error code: [0-9]*' "$LOGS/configure.log" | grep -v ': 66$' || true) # 66: already exists
+	[ -z "$bad" ] || die "vpncmd configure failed ($bad); see $LOGS/configure.log"
 	local users
 	users=$(vc_ok /ADMINHUB:"$LAB_HUB" /CSV /CMD UserList | csv_first_col)
 	for u in "$LAB_ROUTER_USER" "$LAB_CLIENT_USER" "$LAB_NOBRIDGE_USER"; do
