@@ -1,0 +1,412 @@
+package vpnlink
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/acrouter/acrouter/vpnlink/internal/proto"
+)
+
+const (
+	initialBatch = 64 << 10
+	maxKeptBatch = 4 << 20
+)
+
+// MaxFrameSize is the largest frame the server accepts (MAX_PACKET_SIZE in
+// src/Cedar/Cedar.h); WriteFrames drops larger ones.
+const MaxFrameSize = proto.MaxPacketSize
+
+// State of a Client.
+type State int
+
+const (
+	StateConnecting State = iota
+	StateConnected
+	StateReconnecting
+	StateClosed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateConnected:
+		return "connected"
+	case StateReconnecting:
+		return "reconnecting"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Status is a snapshot of a Client.
+type Status struct {
+	State             State
+	Server, Hub, User string
+
+	SessionName    string // e.g. SID-ALICE-3; changes on a full re-login
+	ConnectionName string
+	// BridgeMode: the session may bridge or route (not both of
+	// policy:NoBridge and policy:NoRouting set). NoBridge alone limits
+	// the session to 3 source MACs, NoRouting alone to 4 source IPv4s.
+	BridgeMode, NoBridge, NoRouting bool
+	Timeout                         time.Duration // negotiated session timeout
+	ServerMessage                   string        // welcome Msg, if any
+
+	ServerProduct              string
+	ServerVersion, ServerBuild int
+	CertSHA256                 string
+
+	ConnectedSince time.Time // start of the current connection
+	Logins         uint64    // successful logins (new sessions)
+	Reconnects     uint64    // successful re-establishments after a loss
+	Resumes        uint64    // ... of which resumed the same session
+
+	FramesIn, FramesOut, BytesIn, BytesOut uint64
+	BatchesOut                             uint64 // TLS writes carrying frames
+	KeepAlivesIn, KeepAlivesOut            uint64
+	DropRxQueue                            uint64 // received while the receive queue was full
+	DropTxQueue                            uint64 // written while the send queue was full
+	DropOversize                           uint64 // frames over MaxFrameSize (either way)
+	LostInFlight                           uint64 // frames of a batch whose write failed
+	Queued                                 int    // frames waiting to be sent
+
+	LastError   error // last connection error (nil if none)
+	LastErrorAt time.Time
+}
+
+type frameBuf struct {
+	n int
+	b [proto.MaxPacketSize]byte
+}
+
+type stats struct {
+	framesIn, framesOut, bytesIn, bytesOut, batchesOut atomic.Uint64
+	keepAlivesIn, keepAlivesOut                        atomic.Uint64
+	dropRx, dropTx, dropOversize, dropOversizeIn       atomic.Uint64
+	lostInFlight                                       atomic.Uint64
+}
+
+// Client is a SoftEther bridge-mode session that survives connection loss.
+// It satisfies netstack.Link.
+type Client struct {
+	cfg      Config
+	log      *slog.Logger
+	trust    *trust
+	uniqueID [20]byte
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed chan struct{}
+	once   sync.Once
+
+	in   chan *frameBuf
+	pool sync.Pool
+
+	// Send queue: one growing batch (4-byte count placeholder + blocks)
+	// and a spare that the writer swaps in.
+	qmu            sync.Mutex
+	qbuf, qspare   []byte
+	qn, qbytes     int
+	kick           chan struct{}
+	stats          stats
+	mu             sync.Mutex // guards st and session fields below
+	st             Status
+	sessionKey     []byte
+	reconnectDelay func(attempt int, err error) time.Duration
+}
+
+// Dial logs in (synchronously: a wrong password, unknown hub, denied
+// bridge mode or untrusted certificate is returned as a typed error) and
+// then keeps the session up until Close: on loss it resumes the same
+// session with its session key while the server still holds it, else logs
+// in again, with exponential backoff.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	pin, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:    cfg,
+		log:    cfg.Logger.With("server", cfg.Server, "hub", cfg.Hub, "user", cfg.User),
+		trust:  &trust{server: cfg.Server, pin: pin, insecure: cfg.InsecureSkipVerify, file: cfg.knownHostsPath()},
+		closed: make(chan struct{}),
+		in:     make(chan *frameBuf, cfg.RecvQueue),
+		qbuf:   make([]byte, 4, initialBatch),
+		qspare: make([]byte, 4, initialBatch),
+		kick:   make(chan struct{}, 1),
+	}
+	c.pool.New = func() any { return new(frameBuf) }
+	c.reconnectDelay = c.backoff
+	rand.Read(c.uniqueID[:])
+	c.st = Status{State: StateConnecting, Server: cfg.Server, Hub: cfg.Hub, User: cfg.User}
+
+	w, wel, err := c.login(ctx)
+	if err != nil {
+		c.log.Warn("vpnlink: login failed", "err", err)
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	l := c.established(w, wel, false)
+	c.wg.Add(1)
+	go c.run(l)
+	return c, nil
+}
+
+// Check logs in once, reports the session and logs out.
+func Check(ctx context.Context, cfg Config) (Status, error) {
+	c, err := Dial(ctx, cfg)
+	if err != nil {
+		return Status{State: StateClosed, Server: cfg.Server, Hub: cfg.Hub, User: cfg.User, LastError: err, LastErrorAt: time.Now()}, err
+	}
+	st := c.Status()
+	c.Close()
+	return st, nil
+}
+
+func (c *Client) getBuf() *frameBuf  { return c.pool.Get().(*frameBuf) }
+func (c *Client) putBuf(b *frameBuf) { c.pool.Put(b) }
+
+// established records a new live connection and starts its goroutines.
+// wel is nil for a resumed session.
+func (c *Client) established(w *wire, wel *welcome, reconnect bool) *link {
+	c.mu.Lock()
+	st := &c.st
+	if wel != nil {
+		c.sessionKey = wel.sessionKey
+		st.SessionName, st.ConnectionName = wel.sessionName, wel.connectionName
+		st.Timeout = wel.timeout
+		st.NoBridge, st.NoRouting = wel.noBridge, wel.noRouting
+		st.BridgeMode = !(wel.noBridge && wel.noRouting)
+		st.ServerMessage = wel.msg
+		st.Logins++
+	} else {
+		st.Resumes++
+	}
+	if reconnect {
+		st.Reconnects++
+	}
+	st.State = StateConnected
+	st.ServerProduct, st.ServerVersion, st.ServerBuild = w.product, int(w.version), int(w.build)
+	st.CertSHA256 = w.certFP
+	st.ConnectedSince = time.Now()
+	timeout := st.Timeout
+	session := st.SessionName
+	c.mu.Unlock()
+
+	how := "logged in"
+	if wel == nil {
+		how = "resumed session"
+	}
+	c.log.Info("vpnlink: "+how, "session", session, "timeout", timeout,
+		"product", w.product, "build", w.build, "cert_sha256", w.certFP)
+	return c.startLink(w, timeout)
+}
+
+// run owns the live link and re-establishes it after a loss.
+func (c *Client) run(l *link) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-l.done:
+		case <-c.ctx.Done():
+			l.fail(net.ErrClosed)
+			l.wg.Wait()
+			return
+		}
+		l.wg.Wait()
+		lostAt := time.Now()
+		c.setErr(StateReconnecting, l.err)
+		c.log.Warn("vpnlink: connection lost", "session", c.Status().SessionName, "err", l.err)
+		if l = c.reconnect(lostAt, l.timeout); l == nil {
+			return
+		}
+	}
+}
+
+func (c *Client) setErr(s State, err error) {
+	c.mu.Lock()
+	c.st.State = s
+	c.st.LastError = err
+	c.st.LastErrorAt = time.Now()
+	c.mu.Unlock()
+}
+
+// reconnect tries until it has a new link or the client is closed (nil).
+// It resumes the session (additional_connect) while the server may still
+// hold it — the hub keeps the session and its MAC table for the session
+// timeout after the last received byte (SessionMain, src/Cedar/Session.c)
+// — and logs in again otherwise.
+func (c *Client) reconnect(lostAt time.Time, timeout time.Duration) *link {
+	attempt := 0
+	for {
+		if c.ctx.Err() != nil {
+			return nil
+		}
+		c.mu.Lock()
+		key := c.sessionKey
+		c.mu.Unlock()
+		var err error
+		if key != nil && (attempt == 0 || time.Since(lostAt) < timeout) {
+			var w *wire
+			if w, err = c.resume(c.ctx, key); err == nil {
+				return c.established(w, nil, true)
+			}
+			if errors.Is(err, ErrSessionGone) {
+				c.log.Info("vpnlink: session expired on the server, logging in again", "err", err)
+				c.mu.Lock()
+				c.sessionKey = nil
+				c.mu.Unlock()
+				continue // log in at once
+			}
+		} else {
+			if key != nil {
+				c.log.Info("vpnlink: session hold time passed, logging in again")
+				c.mu.Lock()
+				c.sessionKey = nil
+				c.mu.Unlock()
+			}
+			var w *wire
+			var wel *welcome
+			if w, wel, err = c.login(c.ctx); err == nil {
+				return c.established(w, wel, true)
+			}
+		}
+		if c.ctx.Err() != nil {
+			return nil
+		}
+		delay := c.reconnectDelay(attempt, err)
+		attempt++
+		c.setErr(StateReconnecting, err)
+		lvl := slog.LevelWarn
+		if IsPermanent(err) {
+			lvl = slog.LevelError
+		}
+		c.log.Log(c.ctx, lvl, "vpnlink: reconnect failed", "attempt", attempt, "retry_in", delay.Round(time.Millisecond), "permanent", IsPermanent(err), "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// backoff returns the wait before retry number attempt+1: MinBackoff·2^attempt
+// capped at MaxBackoff, jittered uniformly into [d/2, d]; errors that need a
+// configuration change wait MaxBackoff (jittered into [0.9, 1]·MaxBackoff)
+// so a wrong password is never retried in a tight loop.
+func (c *Client) backoff(attempt int, err error) time.Duration {
+	return backoffDelay(c.cfg.MinBackoff, c.cfg.MaxBackoff, attempt, IsPermanent(err), mrand.Float64())
+}
+
+func backoffDelay(lo, hi time.Duration, attempt int, permanent bool, r float64) time.Duration {
+	if permanent {
+		return hi - time.Duration(float64(hi)*0.1*r)
+	}
+	d := hi
+	if attempt < 62 {
+		if m := lo << attempt; m > 0 && m < hi && m>>attempt == lo {
+			d = m
+		}
+	}
+	return d/2 + time.Duration(float64(d/2)*r)
+}
+
+// ReadFrame blocks until a frame arrives and copies it into p. A frame
+// longer than p is dropped with an error for that call. After Close it
+// returns an error wrapping net.ErrClosed. Frames keep flowing across
+// reconnects.
+func (c *Client) ReadFrame(p []byte) (int, error) {
+	select {
+	case fb := <-c.in:
+		n := fb.n
+		if n > len(p) {
+			c.putBuf(fb)
+			return 0, fmt.Errorf("vpnlink: %d-byte frame does not fit a %d-byte buffer (dropped)", n, len(p))
+		}
+		copy(p, fb.b[:n])
+		c.putBuf(fb)
+		return n, nil
+	case <-c.closed:
+		return 0, fmt.Errorf("vpnlink: %w", net.ErrClosed)
+	}
+}
+
+// WriteFrames queues the frames for the next batch and returns at once;
+// the slices may be reused. While the link is down frames wait (up to
+// QueueFrames, then tail drop) and are sent after the reconnect. Frames
+// over MaxFrameSize and empty frames are dropped.
+func (c *Client) WriteFrames(frames [][]byte) error {
+	select {
+	case <-c.closed:
+		return fmt.Errorf("vpnlink: %w", net.ErrClosed)
+	default:
+	}
+	c.qmu.Lock()
+	for _, f := range frames {
+		switch {
+		case len(f) == 0:
+		case len(f) > proto.MaxPacketSize:
+			c.stats.dropOversize.Add(1)
+		case c.qn >= c.cfg.QueueFrames:
+			c.stats.dropTx.Add(1)
+		default:
+			c.qbuf = proto.AppendBlock(c.qbuf, f)
+			c.qn++
+		}
+	}
+	c.qmu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Status returns a snapshot.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	st := c.st
+	c.mu.Unlock()
+	c.qmu.Lock()
+	st.Queued = c.qn
+	c.qmu.Unlock()
+	s := &c.stats
+	st.FramesIn, st.FramesOut = s.framesIn.Load(), s.framesOut.Load()
+	st.BytesIn, st.BytesOut = s.bytesIn.Load(), s.bytesOut.Load()
+	st.BatchesOut = s.batchesOut.Load()
+	st.KeepAlivesIn, st.KeepAlivesOut = s.keepAlivesIn.Load(), s.keepAlivesOut.Load()
+	st.DropRxQueue, st.DropTxQueue = s.dropRx.Load(), s.dropTx.Load()
+	st.DropOversize = s.dropOversize.Load() + s.dropOversizeIn.Load()
+	st.LostInFlight = s.lostInFlight.Load()
+	return st
+}
+
+// Close ends the session: it closes the connection (SoftEther has no
+// logout message; the server drops the session after its timeout) and
+// waits for every goroutine. It is safe to call more than once.
+func (c *Client) Close() error {
+	c.once.Do(func() {
+		close(c.closed)
+		c.cancel()
+		c.wg.Wait()
+		c.mu.Lock()
+		c.st.State = StateClosed
+		c.sessionKey = nil
+		c.mu.Unlock()
+		c.log.Info("vpnlink: closed")
+	})
+	return nil
+}
