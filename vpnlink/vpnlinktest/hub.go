@@ -98,6 +98,7 @@ type Hub struct {
 	stalled   chan struct{} // closed when the stall ends; nil if not stalled
 	attempts  []Attempt
 	listeners []net.Listener
+	sni       []string
 	closed    bool
 }
 
@@ -141,7 +142,12 @@ func NewHub(cfg Config) (*Hub, error) {
 		sw:       newSwitchboard(),
 	}
 	h.tlsCfg = &tls.Config{
-		Certificates: []tls.Certificate{cert},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			h.mu.Lock()
+			h.sni = append(h.sni, hello.ServerName)
+			h.mu.Unlock()
+			return &cert, nil
+		},
 		// No tickets: over a synchronous net.Pipe an unread TLS 1.3
 		// NewSessionTicket would block the server.
 		SessionTicketsDisabled: true,
@@ -251,6 +257,14 @@ func (h *Hub) LoginAttempts() []Attempt {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]Attempt(nil), h.attempts...)
+}
+
+// ServerNames returns the TLS SNI of every TLS handshake so far ("" when
+// the client sent none).
+func (h *Hub) ServerNames() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.sni...)
 }
 
 // DropConnections closes every TCP connection abruptly (sessions stay
