@@ -61,11 +61,12 @@ type icmpKey struct {
 // kernel picks the identifier on the wire) and a reader goroutine; in
 // raw-socket mode it owns the identifier rawID on the shared socket.
 type icmpFlow struct {
-	f     *flow
-	key   icmpKey
-	conn  *icmp.PacketConn // ping-socket mode
-	rawID uint16           // raw-socket mode
-	idle  *idleTimer
+	f       *flow
+	key     icmpKey
+	hostDst netip.Addr       // the address pinged on the host (key.dest unless mapped)
+	conn    *icmp.PacketConn // ping-socket mode
+	rawID   uint16           // raw-socket mode
+	idle    *idleTimer
 
 	mu   sync.Mutex
 	tmpl netstack.EchoRequest // guarded by mu: the latest request, Payload cleared; replies are built from it
@@ -76,6 +77,9 @@ type icmpForwarder struct {
 	r    *Router
 	mode icmpMode
 	raw  *icmp.PacketConn // raw-socket mode: shared socket
+	// mapDst, if set (tests only, before the first request), maps a
+	// client's destination to the address pinged on the host.
+	mapDst func(netip.Addr) netip.Addr
 
 	mu     sync.Mutex
 	flows  map[icmpKey]*icmpFlow // guarded by mu
@@ -182,7 +186,10 @@ func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow
 		_ = r.echo.WriteICMPUnreachable(req, netstack.RejectAdminProhibited)
 		return nil
 	}
-	fl := &icmpFlow{f: f, key: key}
+	fl := &icmpFlow{f: f, key: key, hostDst: req.Dst}
+	if x.mapDst != nil {
+		fl.hostDst = x.mapDst(req.Dst)
+	}
 	if err := x.open(fl); err != nil {
 		why, how := classifyDialError(err)
 		r.refuse(why, ProtoICMP, client, dest, err)
@@ -282,9 +289,9 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 	msg := marshalEcho((*bp)[:0], icmpEchoRequest, id, req.Seq, req.Payload)
 	var err error
 	if x.mode == icmpPingSocket {
-		_, err = fl.conn.WriteTo(msg, &net.UDPAddr{IP: req.Dst.AsSlice()})
+		_, err = fl.conn.WriteTo(msg, &net.UDPAddr{IP: fl.hostDst.AsSlice()})
 	} else {
-		_, err = x.raw.WriteTo(msg, &net.IPAddr{IP: req.Dst.AsSlice()})
+		_, err = x.raw.WriteTo(msg, &net.IPAddr{IP: fl.hostDst.AsSlice()})
 	}
 	if err != nil {
 		x.dropped.Add(1)
@@ -340,7 +347,7 @@ func (x *icmpForwarder) rawReadLoop() {
 		if fl == nil {
 			continue
 		}
-		if ip, ok := peer.(*net.IPAddr); !ok || addrFromIP(ip.IP) != fl.key.dest {
+		if ip, ok := peer.(*net.IPAddr); !ok || addrFromIP(ip.IP) != fl.hostDst {
 			continue
 		}
 		x.reply(fl, msg)

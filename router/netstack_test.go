@@ -1,0 +1,408 @@
+package router
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/acrouter/acrouter/netstack"
+	"github.com/acrouter/acrouter/netstack/netstacktest"
+)
+
+// In-process tests: a hub client (netstacktest.Host, its own gVisor stack)
+// whose gateway is the router on netstack.New, joined by an in-memory
+// frame pipe. Destinations are 127.0.0.1 listeners. gVisor drops packets to
+// 127.0.0.0/8 that arrive on the hub NIC (a client cannot address the host's
+// loopback at all), so the client uses the documentation address virtDst
+// and the test dialer (and the ICMP test hook) map it to 127.0.0.1.
+
+var (
+	routerPrefix = netip.MustParsePrefix("192.168.30.1/24")
+	hostPrefix   = netip.MustParsePrefix("192.168.30.10/24")
+	routerMAC    = net.HardwareAddr{0x02, 0xac, 0, 0, 0, 1}
+	hostMAC      = net.HardwareAddr{0x02, 0xac, 0, 0, 0, 2}
+)
+
+var virtDst = netip.MustParseAddr("198.51.100.7")
+
+// virt returns the address a client uses for the loopback destination ap.
+func virt(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(virtDst, ap.Port()) }
+
+// loopbackDial dials virtDst destinations on 127.0.0.1 (and everything
+// else as asked) through next (nil: a net.Dialer).
+func loopbackDial(next func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr() == virtDst {
+			addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
+		}
+		if next != nil {
+			return next(ctx, network, addr)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// newNetRouter starts stack, router and client host; cleanup closes them
+// in the order cmd/acrouter would (host, router, stack).
+func newNetRouter(tb testing.TB, cfg Config) (*Router, *netstacktest.Host) {
+	tb.Helper()
+	a, b := netstacktest.Pipe()
+	if cfg.Logger == nil {
+		if t, ok := tb.(*testing.T); ok {
+			cfg.Logger, _ = testLogger(t)
+		}
+	}
+	st, err := netstack.New(a, netstack.Config{MAC: routerMAC, Addr: routerPrefix, Logger: cfg.Logger})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	cfg.Dial = loopbackDial(cfg.Dial)
+	r, err := New(st, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r.icmp.mapDst = func(a netip.Addr) netip.Addr {
+		if a == virtDst {
+			return netip.MustParseAddr("127.0.0.1")
+		}
+		return a
+	}
+	tb.Cleanup(func() { r.Close() })
+	h, err := netstacktest.NewHost(b, hostMAC, hostPrefix, routerPrefix.Addr())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { h.Close() })
+	return r, h
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestNetTCPEchoHalfClose(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true})
+	dst := tcpEchoServer(t)
+	c, err := h.DialTCP(ctxT(t), virt(dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	if got := readFull(t, c, len(msg)); !bytes.Equal(got, msg) {
+		t.Fatal("echo through the router differs")
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	expectEOF(t, c) // our FIN went through, the server's came back
+	waitFor(t, "flow closed", func() bool { return r.Stats().FlowsClosed == 1 })
+	st := r.Stats()
+	if st.BytesOut != uint64(len(msg)) || st.BytesIn != uint64(len(msg)) || st.FlowsCreatedTCP != 1 {
+		t.Errorf("Stats = %+v", st)
+	}
+}
+
+func TestNetTCPConnRefused(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true})
+	_, err := h.DialTCP(ctxT(t), virt(closedPort(t)))
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial to a closed port: %v, want ECONNREFUSED", err)
+	}
+	if n := r.Stats().Refused["conn-refused"]; n != 1 {
+		t.Errorf("conn-refused = %d", n)
+	}
+}
+
+func TestNetACLRefusal(t *testing.T) {
+	leakCheck(t)
+	rule, _ := ParseRule("deny tcp to " + virtDst.String())
+	r, h := newNetRouter(t, Config{Rules: []Rule{rule}})
+	_, err := h.DialTCP(ctxT(t), virt(tcpEchoServer(t)))
+	if !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("denied destination: %v, want EHOSTUNREACH (admin prohibited)", err)
+	}
+	if n := r.Stats().Refused["acl"]; n != 1 {
+		t.Errorf("acl refusals = %d", n)
+	}
+}
+
+func TestNetSessionCap(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true, MaxSessions: 1, MaxSessionsPerClient: 10})
+	dst := virt(tcpEchoServer(t))
+	c, err := h.DialTCP(ctxT(t), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = h.DialTCP(ctxT(t), dst)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("second flow at MaxSessions 1: %v, want ECONNREFUSED (RST)", err)
+	}
+	if st := r.Stats(); st.Refused["session-limit"] != 1 || st.FlowsOpen != 1 {
+		t.Errorf("Stats = %+v", st)
+	}
+}
+
+func TestNetDialCapHangingDialer(t *testing.T) {
+	leakCheck(t)
+	hd := &hangDialer{hang: map[string]bool{"192.0.2.1:80": true}, started: make(chan string, 4)}
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true, MaxInFlightDials: 1, DialTimeout: time.Hour, Dial: hd.Dial})
+	hung := make(chan error, 1)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	defer cancel()
+	go func() {
+		_, err := h.DialTCP(ctx, netip.MustParseAddrPort("192.0.2.1:80"))
+		hung <- err
+	}()
+	<-hd.started
+	// The only dial slot is held by a black hole: the next SYN is refused
+	// at once instead of waiting behind it.
+	_, err := h.DialTCP(ctxT(t), netip.MustParseAddrPort("192.0.2.2:80"))
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("over the dial cap: %v, want ECONNREFUSED", err)
+	}
+	// UDP does not dial through the TCP cap and keeps working.
+	u, err := h.DialUDP(virt(udpEchoServer(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.Write([]byte("still here"))
+	if got := readDatagram(t, u); got != "still here" {
+		t.Fatalf("UDP echo %q", got)
+	}
+	if n := r.Stats().Refused["dial-limit"]; n != 1 {
+		t.Errorf("dial-limit = %d", n)
+	}
+	r.Close() // ends the hanging dial: the client gets its RST
+	if err := <-hung; !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("hanging dial after Close: %v", err)
+	}
+}
+
+func readDatagram(t *testing.T, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(waitLimit))
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("read datagram: %v", err)
+	}
+	return string(buf[:n])
+}
+
+func TestNetUDPEcho(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true})
+	u, err := h.DialUDP(virt(udpEchoServer(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	// 65507 bytes: the largest IPv4 UDP payload, fragmented on the hub.
+	for _, n := range []int{1, 1472, 8000, 65507} {
+		msg := string(bytes.Repeat([]byte{byte(n)}, n))
+		if _, err := u.Write([]byte(msg)); err != nil {
+			t.Fatalf("write %d: %v", n, err)
+		}
+		if got := readDatagram(t, u); got != msg {
+			t.Fatalf("%d-byte datagram came back as %d bytes", n, len(got))
+		}
+	}
+	if st := r.Stats(); st.FlowsOpenUDP != 1 || st.PacketsIn != 4 {
+		t.Errorf("Stats = %+v", st)
+	}
+}
+
+func TestNetUDPACLRefusal(t *testing.T) {
+	leakCheck(t)
+	rule, _ := ParseRule("deny udp to " + virtDst.String())
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true, Rules: []Rule{rule}})
+	u, err := h.DialUDP(virt(udpEchoServer(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.Write([]byte("x"))
+	waitFor(t, "acl refusal", func() bool { return r.Stats().Refused["acl"] == 1 })
+	if st := r.Stats(); st.FlowsCreated != 0 {
+		t.Errorf("Stats = %+v", st)
+	}
+}
+
+func TestNetPing(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true})
+	if r.icmp.mode == icmpUnavailable {
+		t.Skipf("no ICMP sockets on this host (ping_group_range %s)", pingGroupRange())
+	}
+	for i := range 3 {
+		if err := h.Ping(ctxT(t), virtDst, []byte{byte(i), 1, 2, 3}); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+	}
+	if st := r.Stats(); st.EchoReplies != 3 || st.FlowsOpenICMP < 1 {
+		t.Errorf("Stats = %+v", st)
+	}
+	// An ACL denial is answered with admin prohibited.
+	rule, _ := ParseRule("deny icmp to " + virtDst.String())
+	r2, h2 := newNetRouter(t, Config{Rules: []Rule{rule}})
+	ctx, cancel := context.WithTimeout(ctxT(t), 500*time.Millisecond)
+	defer cancel()
+	err := h2.Ping(ctx, virtDst, []byte("x"))
+	if err == nil {
+		t.Fatal("ping to 127.0.0.1 answered despite the default ACL")
+	}
+	// The client's gVisor ping endpoint does not surface code 13, so check
+	// that the router had the stack send the ICMP error.
+	if n := r2.st.Stats().ICMPErrorsSent; n != 1 {
+		t.Errorf("ICMP errors sent by the stack: %d (ping err %v)", n, err)
+	}
+	if n := r2.Stats().Refused["acl"]; n != 1 {
+		t.Errorf("acl refusals %d (err %v)", n, err)
+	}
+}
+
+// BenchmarkTCPForward measures client→127.0.0.1 throughput through the
+// whole in-process path: client gVisor stack, frame pipe, netstack, router,
+// host loopback socket, sink.
+func BenchmarkTCPForward(b *testing.B) {
+	_, h := newNetRouter(b, Config{NoDefaultDeny: true})
+	benchTCP(b, func(dst netip.AddrPort) net.Conn {
+		c, err := h.DialTCP(ctxT(b), virt(dst))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	})
+}
+
+// BenchmarkTCPForwardRouterOnly is the router's own cost: the "virtual"
+// side is a loopback TCP connection instead of netstack.
+func BenchmarkTCPForwardRouterOnly(b *testing.B) {
+	r, err := newRouter(Config{NoDefaultDeny: true}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	benchTCP(b, func(dst netip.AddrPort) net.Conn {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		virt, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		req := newFakeTCPReq(virt.(*net.TCPConn))
+		go r.handleTCP(testClient, dst, req)
+		if got := <-req.result; got != "accept" {
+			b.Fatal(got)
+		}
+		return c
+	})
+}
+
+func benchTCP(b *testing.B, dial func(netip.AddrPort) net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	total := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			total <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		total <- n
+	}()
+	c := dial(netip.MustParseAddrPort(ln.Addr().String())) // dial maps as needed
+	defer c.Close()
+	chunk := make([]byte, 64<<10)
+	b.SetBytes(int64(len(chunk)))
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.(interface{ CloseWrite() error }).CloseWrite()
+	select {
+	case n := <-total:
+		if want := int64(b.N) * int64(len(chunk)); n != want {
+			b.Fatalf("sink got %d bytes, want %d", n, want)
+		}
+	case <-time.After(time.Minute):
+		b.Fatal("sink did not finish")
+	}
+}
+
+// BenchmarkUDPForward measures request/response of 1400-byte datagrams
+// through the whole in-process path to a 127.0.0.1 echo server.
+func BenchmarkUDPForward(b *testing.B) {
+	_, h := newNetRouter(b, Config{NoDefaultDeny: true})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	defer func() { pc.Close(); <-done }()
+	u, err := h.DialUDP(virt(netip.MustParseAddrPort(pc.LocalAddr().String())))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer u.Close()
+	msg := make([]byte, 1400)
+	buf := make([]byte, 2048)
+	b.SetBytes(int64(2 * len(msg)))
+	b.ResetTimer()
+	for b.Loop() {
+		u.Write(msg)
+		u.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := u.Read(buf); err != nil {
+			b.Fatalf("lost a datagram: %v", err)
+		}
+	}
+}
