@@ -34,11 +34,11 @@ const (
 
 // linkCounters are the endpoint's own counters (atomics, read by Stats).
 type linkCounters struct {
-	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
-	dropTooBig, dropMalformed, dropNotForUs  atomic.Uint64
-	dropOwnSource, dropQueueFull, dropProto  atomic.Uint64
-	dropARPConflict, dropARPOther            atomic.Uint64
-	readErrors, writeErrors                  atomic.Uint64
+	framesIn, bytesIn, framesOut, bytesOut  atomic.Uint64
+	dropTooBig, dropMalformed, dropNotForUs atomic.Uint64
+	dropOwnSource, dropQueueFull, dropProto atomic.Uint64
+	dropARPConflict, dropARPOther           atomic.Uint64
+	readErrors, writeErrors                 atomic.Uint64
 }
 
 // linkEndpoint is the stack's Ethernet NIC: a stack.LinkEndpoint on a Link.

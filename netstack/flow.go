@@ -332,6 +332,14 @@ func (st *Stack) udpDefault(id stack.TransportEndpointID, pkt *stack.PacketBuffe
 	if st.udpHandler.Load() == nil || st.closed.Load() {
 		return true
 	}
+	// The default handler runs before the endpoint's own length and
+	// checksum checks; garbage must not start a flow.
+	uh := header.UDP(pkt.TransportHeader().Slice())
+	lenOK, sumOK := header.UDPValid(uh, func() uint16 { return pkt.Data().Checksum() }, uint16(pkt.Data().Size()),
+		pkt.NetworkProtocolNumber, id.RemoteAddress, id.LocalAddress, false)
+	if !lenOK || !sumOK {
+		return true
+	}
 	t := &st.udp
 	t.mu.Lock()
 	if p, ok := t.m[id]; ok {

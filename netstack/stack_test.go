@@ -1,0 +1,472 @@
+package netstack_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/acrouter/acrouter/netstack"
+	"github.com/acrouter/acrouter/netstack/netstacktest"
+)
+
+var (
+	routerMAC  = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}
+	hostMAC    = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x10}
+	routerPfx  = netip.MustParsePrefix("192.168.30.1/24")
+	routerIP   = routerPfx.Addr()
+	hostPfx    = netip.MustParsePrefix("192.168.30.10/24")
+	foreign    = netip.MustParseAddr("203.0.113.5")
+	foreignTCP = netip.AddrPortFrom(foreign, 80)
+)
+
+type env struct {
+	st   *netstack.Stack
+	host *netstacktest.Host
+}
+
+// newEnv builds router stack <-> Pipe <-> client Host. Both are closed at
+// cleanup, and a goroutine leak check runs after that.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	checkLeaks(t)
+	a, b := netstacktest.Pipe()
+	st, err := netstack.New(a, netstack.Config{MAC: routerMAC, Addr: routerPfx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netstacktest.NewHost(b, hostMAC, hostPfx, routerIP)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("stack close: %v", err)
+		}
+		h.Close()
+	})
+	return &env{st: st, host: h}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// checkLeaks registers a cleanup (run after the ones registered later) that
+// fails the test if goroutines started during it are still running.
+func checkLeaks(t testing.TB) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		var n int
+		for i := 0; i < 500; i++ { // bounded: goroutine exit cannot be awaited
+			n = runtime.NumGoroutine()
+			if n <= before {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
+	})
+}
+
+func echoTCP(t testing.TB, st *netstack.Stack) <-chan *netstack.TCPRequest {
+	reqs := make(chan *netstack.TCPRequest, 16)
+	st.SetTCPHandler(func(r *netstack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		reqs <- r
+		io.Copy(c, c)
+		c.Close()
+	})
+	return reqs
+}
+
+func TestTCPAcceptEcho(t *testing.T) {
+	e := newEnv(t)
+	reqs := echoTCP(t, e.st)
+	c, err := e.host.DialTCP(ctxT(t), foreignTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := <-reqs
+	if r.Dst != foreignTCP || r.Src.Addr() != hostPfx.Addr() {
+		t.Errorf("request %v -> %v, want %v -> %v", r.Src, r.Dst, hostPfx.Addr(), foreignTCP)
+	}
+	if got := c.LocalAddr().String(); got != r.Src.String() {
+		t.Errorf("client local addr %s, request Src %s", got, r.Src)
+	}
+	msg := bytes.Repeat([]byte("acrouter"), 40000) // 320 kB: many segments
+	go func() { c.Write(msg) }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("echo differs")
+	}
+	s := e.st.Stats()
+	if s.TCPRequests != 1 || s.TCPAccepted != 1 || s.FramesIn == 0 || s.FramesOut == 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestTCPHalfClose(t *testing.T) {
+	e := newEnv(t)
+	type result struct {
+		got []byte
+		err error
+	}
+	// serverFirst: the handler side closes its write half first.
+	for _, serverFirst := range []bool{false, true} {
+		name := "client-first"
+		if serverFirst {
+			name = "server-first"
+		}
+		t.Run(name, func(t *testing.T) {
+			done := make(chan result, 1)
+			e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+				c, err := r.Accept()
+				if err != nil {
+					done <- result{err: err}
+					return
+				}
+				defer c.Close()
+				if serverFirst {
+					c.Write([]byte("from-server"))
+					if err := c.CloseWrite(); err != nil {
+						done <- result{err: err}
+						return
+					}
+				}
+				got, err := io.ReadAll(c) // until the client's FIN
+				if !serverFirst && err == nil {
+					_, err = c.Write([]byte("after-client-fin"))
+					if err == nil {
+						err = c.CloseWrite()
+					}
+				}
+				done <- result{got, err}
+			})
+			c, err := e.host.DialTCP(ctxT(t), foreignTCP)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			tc := c.(interface{ CloseWrite() error })
+			if serverFirst {
+				got, err := io.ReadAll(c)
+				if err != nil || string(got) != "from-server" {
+					t.Fatalf("client read %q, %v", got, err)
+				}
+				// Our write half is still open after the server's FIN.
+				if _, err := c.Write([]byte("late-data")); err != nil {
+					t.Fatal(err)
+				}
+				tc.CloseWrite()
+				r := <-done
+				if r.err != nil || string(r.got) != "late-data" {
+					t.Fatalf("server read %q, %v", r.got, r.err)
+				}
+				return
+			}
+			c.Write([]byte("from-client"))
+			tc.CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "after-client-fin" {
+				t.Fatalf("client read %q, %v", got, err)
+			}
+			r := <-done
+			if r.err != nil || string(r.got) != "from-client" {
+				t.Fatalf("server read %q, %v", r.got, r.err)
+			}
+		})
+	}
+}
+
+func TestTCPReject(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		how  netstack.Reject
+		want syscall.Errno
+	}{
+		{netstack.RejectRST, syscall.ECONNREFUSED},
+		{netstack.RejectHostUnreachable, syscall.EHOSTUNREACH},
+		{netstack.RejectNetUnreachable, syscall.ENETUNREACH},
+		{netstack.RejectAdminProhibited, syscall.EHOSTUNREACH},
+		{netstack.RejectPortUnreachable, syscall.ECONNREFUSED},
+	}
+	for i, tt := range tests {
+		t.Run(tt.how.String(), func(t *testing.T) {
+			called := make(chan struct{}, 1)
+			e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+				r.Reject(tt.how)
+				r.Reject(netstack.RejectRST) // second call is a no-op
+				if _, err := r.Accept(); err == nil {
+					t.Error("Accept after Reject succeeded")
+				}
+				called <- struct{}{}
+			})
+			before := e.st.Stats()
+			_, err := e.host.DialTCP(ctxT(t), netip.AddrPortFrom(foreign, uint16(1000+i)))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("dial error %v, want %v", err, tt.want)
+			}
+			<-called
+			after := e.st.Stats()
+			if after.TCPRejected != before.TCPRejected+1 {
+				t.Errorf("TCPRejected %d -> %d", before.TCPRejected, after.TCPRejected)
+			}
+			if tt.how != netstack.RejectRST && after.ICMPErrorsSent != before.ICMPErrorsSent+1 {
+				t.Errorf("ICMPErrorsSent %d -> %d", before.ICMPErrorsSent, after.ICMPErrorsSent)
+			}
+		})
+	}
+}
+
+func TestTCPNoHandlerOrForgottenRequestGetsRST(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.host.DialTCP(ctxT(t), foreignTCP); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("no handler: dial error %v, want ECONNREFUSED", err)
+	}
+	e.st.SetTCPHandler(func(r *netstack.TCPRequest) {}) // forgets to decide
+	if _, err := e.host.DialTCP(ctxT(t), foreignTCP); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("forgetful handler: dial error %v, want ECONNREFUSED", err)
+	}
+}
+
+func TestTCPRouterAddressNotForwarded(t *testing.T) {
+	e := newEnv(t)
+	e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+		t.Errorf("handler called for %v", r.Dst)
+		r.Reject(netstack.RejectRST)
+	})
+	_, err := e.host.DialTCP(ctxT(t), netip.AddrPortFrom(routerIP, 80))
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial router:80 error %v, want ECONNREFUSED", err)
+	}
+	ln, err := e.st.ListenTCP(8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte("hello"))
+		c.Close()
+	}()
+	c, err := e.host.DialTCP(ctxT(t), netip.AddrPortFrom(routerIP, 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "hello" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+func TestUDPFlowEcho(t *testing.T) {
+	e := newEnv(t)
+	reqs := make(chan *netstack.UDPRequest, 4)
+	e.st.SetUDPHandler(func(r *netstack.UDPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		reqs <- r
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 65536)
+			for {
+				n, err := c.Read(buf)
+				if err != nil {
+					return
+				}
+				c.Write(buf[:n])
+			}
+		}()
+	})
+	dst := netip.AddrPortFrom(foreign, 53)
+	c, err := e.host.DialUDP(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 5; i++ {
+		msg := []byte{byte(i), 'x', 'y'}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil || !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("datagram %d: read %x, %v", i, buf[:n], err)
+		}
+	}
+	r := <-reqs
+	if r.Dst != dst || r.Src.String() != c.LocalAddr().String() {
+		t.Errorf("request %v -> %v, conn %v -> %v", r.Src, r.Dst, c.LocalAddr(), dst)
+	}
+	if len(reqs) != 0 {
+		t.Errorf("%d extra requests for one flow", len(reqs))
+	}
+	if s := e.st.Stats(); s.UDPRequests != 1 || s.UDPAccepted != 1 {
+		t.Errorf("stats: requests %d accepted %d", s.UDPRequests, s.UDPAccepted)
+	}
+}
+
+// TestUDPFragments sends a datagram larger than the MTU both ways.
+func TestUDPFragments(t *testing.T) {
+	e := newEnv(t)
+	e.st.SetUDPHandler(func(r *netstack.UDPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 65536)
+			n, err := c.Read(buf)
+			if err == nil {
+				c.Write(buf[:n])
+			}
+		}()
+	})
+	c, err := e.host.DialUDP(netip.AddrPortFrom(foreign, 9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 500) // 8000 bytes: 6 fragments
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || !bytes.Equal(buf[:n], msg) {
+		t.Fatalf("read %d bytes, %v; want %d bytes back", n, err, len(msg))
+	}
+	if s := e.st.Stats(); s.FramesIn < 6 || s.FramesOut < 6 {
+		t.Errorf("expected fragments: frames in %d out %d", s.FramesIn, s.FramesOut)
+	}
+}
+
+func TestPingRouter(t *testing.T) {
+	e := newEnv(t)
+	e.st.SetICMPEchoHandler(func(r netstack.EchoRequest) { t.Errorf("echo handler called for %v", r.Dst) })
+	if err := e.host.Ping(ctxT(t), routerIP, []byte("hello router")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPingForeignHandled(t *testing.T) {
+	e := newEnv(t)
+	got := make(chan netstack.EchoRequest, 1)
+	e.st.SetICMPEchoHandler(func(r netstack.EchoRequest) {
+		got <- r
+		if err := e.st.WriteEchoReply(r, r.Payload); err != nil {
+			t.Errorf("WriteEchoReply: %v", err)
+		}
+	})
+	payload := bytes.Repeat([]byte("p"), 3000) // fragmented both ways
+	if err := e.host.Ping(ctxT(t), foreign, payload); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.Src != hostPfx.Addr() || r.Dst != foreign || !bytes.Equal(r.Payload, payload) || r.TTL == 0 {
+		t.Errorf("request %v -> %v ttl %d payload %d bytes", r.Src, r.Dst, r.TTL, len(r.Payload))
+	}
+}
+
+func TestListenUDP(t *testing.T) {
+	e := newEnv(t)
+	pc, err := e.st.ListenUDP(53)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 512)
+		n, peer, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(append([]byte("re:"), buf[:n]...), peer)
+	}()
+	c, err := e.host.DialUDP(netip.AddrPortFrom(routerIP, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("query"))
+	buf := make([]byte, 512)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "re:query" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+}
+
+func TestProbeAddr(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	inUse, err := e.st.ProbeAddr(ctx, hostPfx.Addr())
+	if err != nil || !inUse {
+		t.Errorf("ProbeAddr(host) = %v, %v; want true", inUse, err)
+	}
+	inUse, err = e.st.ProbeAddr(ctx, netip.MustParseAddr("192.168.30.99"))
+	if err != nil || inUse {
+		t.Errorf("ProbeAddr(free) = %v, %v; want false, nil", inUse, err)
+	}
+	short, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := e.st.ProbeAddr(short, netip.MustParseAddr("192.168.30.98")); !errors.Is(err, context.Canceled) {
+		t.Errorf("ProbeAddr(canceled ctx) error %v", err)
+	}
+	for _, bad := range []string{"192.168.30.1", "10.0.0.1", "192.168.30.255", "192.168.30.0"} {
+		if _, err := e.st.ProbeAddr(ctx, netip.MustParseAddr(bad)); err == nil {
+			t.Errorf("ProbeAddr(%s) accepted", bad)
+		}
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	a, b := netstacktest.Pipe()
+	defer a.Close()
+	defer b.Close()
+	for _, cfg := range []netstack.Config{
+		{Addr: routerPfx},
+		{MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}, Addr: routerPfx},
+		{MAC: routerMAC},
+		{MAC: routerMAC, Addr: netip.MustParsePrefix("fd00::1/64")},
+		{MAC: routerMAC, Addr: netip.MustParsePrefix("192.168.30.0/24")},
+		{MAC: routerMAC, Addr: routerPfx, MTU: 100},
+		{MAC: routerMAC, Addr: routerPfx, MaxInFlightSYN: -1},
+	} {
+		if st, err := netstack.New(a, cfg); err == nil {
+			st.Close()
+			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+}
