@@ -1,0 +1,174 @@
+package dns
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// exchanger sends one query to one upstream over network ("udp" or "tcp")
+// and returns its answer. It is the test seam: tests plug in fakes.
+type exchanger interface {
+	exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error)
+}
+
+// netExchanger uses miekg/dns clients (a new socket per query, so each
+// query gets a fresh random source port).
+type netExchanger struct {
+	udp, tcp mdns.Client
+}
+
+func newNetExchanger(timeout time.Duration) *netExchanger {
+	return &netExchanger{
+		udp: mdns.Client{Net: "udp", Timeout: timeout},
+		tcp: mdns.Client{Net: "tcp", Timeout: timeout},
+	}
+}
+
+func (e *netExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+	c := &e.udp
+	if network == "tcp" {
+		c = &e.tcp
+	}
+	r, _, err := c.ExchangeContext(ctx, m, server)
+	if err != nil && r != nil && r.Truncated {
+		// A truncated UDP answer may end mid-record; the header is enough
+		// to retry over TCP.
+		return r, nil
+	}
+	return r, err
+}
+
+var errNoUpstreams = errors.New("dns: no upstream resolvers configured")
+
+// upstreams yields the resolver list: the static one or resolv.conf's.
+type upstreams struct {
+	static []string
+	path   string
+	now    func() time.Time
+
+	mu        sync.Mutex
+	servers   []string
+	modTime   time.Time
+	size      int64
+	checked   time.Time
+	loaded    bool
+	down      map[string]time.Time // server → end of its failure penalty
+	lastError error
+}
+
+func newUpstreams(static []string, path string, now func() time.Time) *upstreams {
+	return &upstreams{static: static, path: path, now: now, down: map[string]time.Time{}}
+}
+
+// list returns the servers in the order to try: healthy ones in configured
+// order, then those in their failure penalty. changed reports a reload.
+func (u *upstreams) list() (servers []string, changed bool, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := u.now()
+	base := u.static
+	if base == nil {
+		if !u.loaded || now.Sub(u.checked) >= resolvCheckEvery || now.Before(u.checked) {
+			changed = u.reload(now)
+		}
+		base = u.servers
+		if len(base) == 0 {
+			if u.lastError != nil {
+				return nil, changed, u.lastError
+			}
+			return nil, changed, fmt.Errorf("%w: %s lists no nameserver", errNoUpstreams, u.path)
+		}
+	}
+	if len(base) > maxUpstreams {
+		base = base[:maxUpstreams]
+	}
+	out := make([]string, 0, len(base))
+	var later []string
+	for _, s := range base {
+		if t, ok := u.down[s]; ok && now.Before(t) {
+			later = append(later, s)
+			continue
+		}
+		out = append(out, s)
+	}
+	return append(out, later...), changed, nil
+}
+
+// reload re-reads the resolv.conf if its mtime or size changed.
+func (u *upstreams) reload(now time.Time) bool {
+	u.checked = now
+	fi, err := os.Stat(u.path)
+	if err != nil {
+		if u.loaded && u.lastError != nil {
+			return false
+		}
+		u.loaded, u.servers, u.lastError = true, nil, fmt.Errorf("dns: read resolvers: %w", err)
+		return true
+	}
+	if u.loaded && u.lastError == nil && fi.ModTime().Equal(u.modTime) && fi.Size() == u.size {
+		return false
+	}
+	f, err := os.Open(u.path)
+	if err != nil {
+		u.loaded, u.servers, u.lastError = true, nil, fmt.Errorf("dns: read resolvers: %w", err)
+		return true
+	}
+	defer f.Close()
+	servers := parseResolvConf(io.LimitReader(f, 1<<20))
+	u.loaded, u.servers, u.lastError = true, servers, nil
+	u.modTime, u.size = fi.ModTime(), fi.Size()
+	return true
+}
+
+func (u *upstreams) markDown(server string) {
+	u.mu.Lock()
+	u.down[server] = u.now().Add(downPenalty)
+	u.mu.Unlock()
+}
+
+func (u *upstreams) markUp(server string) {
+	u.mu.Lock()
+	delete(u.down, server)
+	u.mu.Unlock()
+}
+
+// parseResolvConf returns "host:port" for every valid nameserver line
+// (IPv4, IPv6, IPv6 with a zone), in file order, without duplicates.
+func parseResolvConf(r io.Reader) []string {
+	var out []string
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64*1024)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if i := bytes.IndexAny(line, "#;"); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(string(line))
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		a, err := netip.ParseAddr(f[1])
+		if err != nil {
+			continue
+		}
+		hp := net.JoinHostPort(a.String(), "53")
+		if !seen[hp] {
+			seen[hp] = true
+			out = append(out, hp)
+		}
+	}
+	return out
+}
