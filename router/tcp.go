@@ -13,9 +13,11 @@ import (
 	"github.com/acrouter/acrouter/netstack"
 )
 
-// tcpBufSize is the copy buffer per TCP direction, taken from a pool for
-// the life of the copy loop (a blocked Read holds it): 32 KiB matches
-// io.Copy and bounds 4096 flows at 256 MiB of copy buffers.
+// tcpBufSize is the copy buffer per TCP direction (32 KiB, as io.Copy).
+// Buffers are pooled. The host→client direction takes one only while a
+// read is ready (pooledReader); the client→host direction holds one for the
+// flow's life, since netstack's conn Read needs it up front: 4096 flows
+// cost at most 128 MiB of idle buffers.
 const tcpBufSize = 32 << 10
 
 var tcpBufPool = sync.Pool{New: func() any { b := make([]byte, tcpBufSize); return &b }}
@@ -131,24 +133,27 @@ func (r *Router) spliceTCP(f *flow, client netstack.TCPConn, host net.Conn) {
 
 // copyTCP copies src to dst until EOF (then half-closes dst) or an error
 // (then ends the flow). out is the client→host direction.
-func (r *Router) copyTCP(f *flow, dst io.Writer, src io.Reader, out bool) {
-	bp := tcpBufPool.Get().(*[]byte)
-	defer tcpBufPool.Put(bp)
-	buf := *bp
+func (r *Router) copyTCP(f *flow, dst, src net.Conn, out bool) {
+	read, free := newChunkReader(src, &tcpBufPool, true)
+	defer free()
 	bytes, packets := &f.bytesIn, &f.packetsIn
 	if out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
 	}
 	for {
-		n, err := src.Read(buf)
-		if n > 0 {
+		data, release, err := read()
+		if len(data) > 0 {
 			f.touch(r.now())
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write(data)
+			release()
+			if werr != nil {
 				f.abort(connError(werr))
 				return
 			}
-			bytes.Add(uint64(n))
+			bytes.Add(uint64(len(data)))
 			packets.Add(1)
+		} else {
+			release()
 		}
 		if err == nil {
 			continue

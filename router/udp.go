@@ -13,7 +13,8 @@ import (
 )
 
 // udpBufSize holds the largest UDP payload (65507 over IPv4) with room to
-// spare, so no datagram is ever truncated.
+// spare, so no datagram is ever truncated. Pooled; see tcpBufSize for who
+// holds one while idle.
 const udpBufSize = 64 << 10
 
 var udpBufPool = sync.Pool{New: func() any { b := make([]byte, udpBufSize); return &b }}
@@ -103,15 +104,14 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 // destination side (connection refused, message too long) drop one
 // datagram; any other error ends the flow.
 func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
-	bp := udpBufPool.Get().(*[]byte)
-	defer udpBufPool.Put(bp)
-	buf := *bp
+	read, free := newChunkReader(src, &udpBufPool, false)
+	defer free()
 	bytes, packets := &f.bytesIn, &f.packetsIn
 	if out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
 	}
 	for {
-		n, err := src.Read(buf)
+		data, release, err := read()
 		if err != nil {
 			if transientUDPError(err) {
 				continue
@@ -120,14 +120,16 @@ func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
 			return
 		}
 		f.touch(r.now())
-		if _, err := dst.Write(buf[:n]); err != nil {
-			if transientUDPError(err) {
+		_, werr := dst.Write(data)
+		release()
+		if werr != nil {
+			if transientUDPError(werr) {
 				continue
 			}
-			f.abort(connError(err))
+			f.abort(connError(werr))
 			return
 		}
-		bytes.Add(uint64(n))
+		bytes.Add(uint64(len(data)))
 		packets.Add(1)
 	}
 }
