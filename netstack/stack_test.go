@@ -470,3 +470,88 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// noCloser hides the pipe's Close so that the stack cannot close the link.
+type noCloser struct{ l *netstacktest.PipeLink }
+
+func (n noCloser) ReadFrame(p []byte) (int, error) { return n.l.ReadFrame(p) }
+func (n noCloser) WriteFrames(f [][]byte) error    { return n.l.WriteFrames(f) }
+
+// TestCloseWaitsForOwnerToCloseLink: with a link the stack cannot close,
+// Close returns only after the owner closes it (the read goroutine must
+// end), and then everything is gone.
+func TestCloseWaitsForOwnerToCloseLink(t *testing.T) {
+	checkLeaks(t)
+	a, b := netstacktest.Pipe()
+	defer b.Close()
+	st, err := netstack.New(noCloser{a}, netstack.Config{MAC: routerMAC, Addr: routerPfx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- st.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) before the link was closed", err)
+	default:
+	}
+	a.Close()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestCloseWithLiveFlows: Close ends blocked handlers and open connections
+// and leaves no goroutines behind (checked by newEnv's leak check).
+func TestCloseWithLiveFlows(t *testing.T) {
+	e := newEnv(t)
+	accepted := make(chan struct{})
+	handlerDone := make(chan error, 1)
+	e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			handlerDone <- err
+			return
+		}
+		close(accepted)
+		_, err = c.Read(make([]byte, 10)) // blocks until Close aborts the conn
+		handlerDone <- err
+	})
+	e.st.SetUDPHandler(func(r *netstack.UDPRequest) {
+		if c, err := r.Accept(); err == nil {
+			go func() { c.Read(make([]byte, 10)); c.Close() }()
+		}
+	})
+	ln, err := e.st.ListenTCP(53)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ln.Accept()
+	c, err := e.host.DialTCP(ctxT(t), foreignTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-accepted
+	u, err := e.host.DialUDP(netip.AddrPortFrom(foreign, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.Write([]byte("q"))
+	if err := e.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-handlerDone; err == nil {
+		t.Error("handler's Read succeeded after Close")
+	}
+	if _, err := e.st.ListenUDP(53); err == nil {
+		t.Error("ListenUDP after Close succeeded")
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Error("Accept after Close succeeded")
+	}
+}
