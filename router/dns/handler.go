@@ -73,7 +73,7 @@ func (s *Server) answer(raw []byte, client netip.Addr, tcp bool) (out []byte, p 
 // finish resolves p upstream and returns the reply (SERVFAIL if every
 // upstream failed).
 func (s *Server) finish(ctx context.Context, p *pending) []byte {
-	r, err := s.forward(ctx, p)
+	r, err := s.resolve(ctx, p)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // shutting down
@@ -82,11 +82,52 @@ func (s *Server) finish(ctx context.Context, p *pending) []byte {
 		s.warn("servfail", "dns: no upstream answered; SERVFAIL", "name", p.q.Question[0].Name, "err", err)
 		return s.reply(p.q, mdns.RcodeServerFailure, p)
 	}
-	if s.cache != nil {
-		s.cache.put(p.key, r, s.cfg.Now())
-		r = r.Copy() // the cache owns r now
-	}
 	return s.finalize(r, p)
+}
+
+// flight is one upstream resolution that identical queries wait for.
+type flight struct {
+	done chan struct{}
+	r    *mdns.Msg // read-only once done is closed
+	err  error
+}
+
+// resolve returns a private copy of the upstream answer for p, sharing one
+// upstream exchange among identical concurrent queries (same cache key).
+func (s *Server) resolve(ctx context.Context, p *pending) (*mdns.Msg, error) {
+	s.flMu.Lock()
+	if f, ok := s.flights[p.key]; ok {
+		s.flMu.Unlock()
+		s.c.coalesced.Add(1)
+		if s.onCoalesce != nil {
+			s.onCoalesce()
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if f.err != nil {
+			return nil, f.err
+		}
+		return f.r.Copy(), nil
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[p.key] = f
+	s.flMu.Unlock()
+
+	f.r, f.err = s.forward(ctx, p)
+	if f.err == nil {
+		s.cache.put(p.key, f.r, s.cfg.Now()) // before the flight ends: later queries hit the cache
+	}
+	s.flMu.Lock()
+	delete(s.flights, p.key)
+	s.flMu.Unlock()
+	close(f.done)
+	if f.err != nil {
+		return nil, f.err
+	}
+	return f.r.Copy(), nil
 }
 
 // forward tries the upstreams in order; a truncated UDP answer is retried

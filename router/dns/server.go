@@ -33,13 +33,14 @@ type Stats struct {
 	TCPConnsRejected       uint64 // TCP connections over MaxTCPConns
 	WriteErrors            uint64
 	ResolvConfReloads      uint64
+	Coalesced              uint64 // queries that shared an identical in-flight upstream exchange
 	CacheEntries           int
 }
 
 type counters struct {
 	udpQ, tcpQ, local, hits, misses, fwd, failover, tcpRetry, upErr, servFail atomic.Uint64
 	rateLimited, busy, malformed, refused, truncated, tcpRejected, writeErr   atomic.Uint64
-	reloads                                                                   atomic.Uint64
+	reloads, coalesced                                                        atomic.Uint64
 }
 
 // Server is the DNS redirector. It owns the conns passed to New: Close
@@ -67,8 +68,13 @@ type Server struct {
 	closed   bool
 	tcpConns map[net.Conn]struct{}
 
+	flMu    sync.Mutex
+	flights map[cacheKey]*flight
+
 	logMu   sync.Mutex
 	lastLog map[string]time.Time
+
+	onCoalesce func() // test hook
 }
 
 // New starts serving DNS on udp and/or tcp (either may be nil).
@@ -103,6 +109,7 @@ func newServer(cfg Config) (*Server, error) {
 		tcpSem:   make(chan struct{}, n.MaxTCPConns),
 		tcpConns: map[net.Conn]struct{}{},
 		lastLog:  map[string]time.Time{},
+		flights:  map[cacheKey]*flight{},
 	}
 	if n.RateLimit > 0 {
 		s.rl = newRateLimiter(n.RateLimit, n.RateBurst, n.Now)
@@ -172,7 +179,7 @@ func (s *Server) Stats() Stats {
 		ServFail: c.servFail.Load(), RateLimited: c.rateLimited.Load(), Busy: c.busy.Load(),
 		Malformed: c.malformed.Load(), Refused: c.refused.Load(), Truncated: c.truncated.Load(),
 		TCPConnsRejected: c.tcpRejected.Load(), WriteErrors: c.writeErr.Load(),
-		ResolvConfReloads: c.reloads.Load(), CacheEntries: s.cache.len(),
+		ResolvConfReloads: c.reloads.Load(), Coalesced: c.coalesced.Load(), CacheEntries: s.cache.len(),
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -515,5 +516,72 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if hp, err := hostPort("2001:db8::1"); err != nil || hp != "[2001:db8::1]:53" {
 		t.Fatalf("hostPort: %q %v", hp, err)
+	}
+}
+
+// gateExchanger blocks every exchange until release is closed.
+type gateExchanger struct {
+	calls   atomic.Int32
+	started chan struct{}
+	release chan struct{}
+}
+
+func (g *gateExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+	g.calls.Add(1)
+	g.started <- struct{}{}
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return records(network, m), nil
+}
+
+func TestIdenticalQueriesCoalesced(t *testing.T) {
+	g := &gateExchanger{started: make(chan struct{}, 8), release: make(chan struct{})}
+	s, err := newServer(Config{Upstreams: []string{"192.0.2.1:53"}, upstream: g, RateLimit: -1, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	coalesced := make(chan struct{}, 8)
+	s.onCoalesce = func() { coalesced <- struct{}{} }
+	const n = 5
+	replies := make(chan *mdns.Msg, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := query("same.example.", mdns.TypeA)
+			q.Id = uint16(100 + i)
+			out, p := s.answer(packQuery(t, q), testClient, false)
+			if p != nil {
+				out = s.finish(s.ctx, p)
+			}
+			m := new(mdns.Msg)
+			if err := m.Unpack(out); err != nil || m.Id != q.Id {
+				t.Errorf("reply %v id %d: %v", m, q.Id, err)
+			}
+			replies <- m
+		}()
+	}
+	<-g.started
+	for range n - 1 {
+		<-coalesced
+	}
+	close(g.release)
+	wg.Wait()
+	close(replies)
+	for m := range replies {
+		if len(m.Answer) != 1 {
+			t.Fatalf("reply without answer: %v", m)
+		}
+	}
+	if c := g.calls.Load(); c != 1 {
+		t.Fatalf("%d upstream exchanges for %d identical queries", c, n)
+	}
+	if st := s.Stats(); st.Coalesced != n-1 {
+		t.Fatalf("Stats = %+v", st)
 	}
 }
