@@ -16,8 +16,12 @@ type Config struct {
 	// TCP flows still dialing) across all clients. Default 4096.
 	// At the cap a new flow first evicts the least recently active UDP or
 	// ICMP flow that has been idle for at least 1 s; if there is none the
-	// new flow is refused (TCP: RST, UDP/ICMP: dropped) and counted as
-	// RefusedSessionLimit. Established TCP flows are never evicted.
+	// new flow is refused (TCP: RST; UDP and ICMP: ICMP administratively
+	// prohibited) and counted as RefusedSessionLimit. TCP flows are never
+	// evicted. Each flow holds one host file descriptor: to run 65536
+	// sessions the process's open-file limit must allow it (New warns when
+	// it does not), and netstack.Config.MaxInFlightSYN should be at least
+	// MaxInFlightDials.
 	MaxSessions int
 	// MaxSessionsPerClient caps the flows of one client (source address).
 	// Default 1024 (or MaxSessions when that is smaller). At the cap the
@@ -51,8 +55,8 @@ type Config struct {
 
 	// Rules is the ACL, evaluated after DefaultDenyRules (unless
 	// NoDefaultDeny); the first matching rule decides and a flow matching
-	// none is allowed. Denied TCP gets an RST, denied UDP and ICMP an ICMP
-	// "administratively prohibited".
+	// none is allowed. Denied flows are answered with ICMP destination
+	// unreachable, "administratively prohibited" (code 13).
 	Rules []Rule
 	// NoDefaultDeny drops DefaultDenyRules (host loopback, link-local,
 	// multicast, ...) from the front of the ACL.

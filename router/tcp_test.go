@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -312,5 +314,36 @@ func TestTCPAcceptFails(t *testing.T) {
 	waitFor(t, "accept-failed", func() bool { return r.Stats().Refused["accept-failed"] == 1 })
 	if st := r.Stats(); st.FlowsOpen != 0 {
 		t.Errorf("flow left open: %+v", st)
+	}
+}
+
+func TestFDLimitRefusesCleanly(t *testing.T) {
+	leakCheck(t)
+	log, logBuf := testLogger(t)
+	emfile := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	}
+	r := newTestRouter(t, Config{NoDefaultDeny: true, Dial: emfile, Logger: log}, nil)
+	for i := range 3 {
+		_, req := startTCP(t, r, clientPort(i), netip.MustParseAddrPort("198.51.100.1:80"))
+		if got := req.wait(t); got != "rst" {
+			t.Fatalf("TCP at the fd limit: %s, want rst", got)
+		}
+	}
+	_, ureq := startUDP(t, r, testClient, netip.MustParseAddrPort("198.51.100.1:53"))
+	if got := ureq.wait(t); got != "rst" { // netstack turns it into port unreachable
+		t.Fatalf("UDP at the fd limit: %s", got)
+	}
+	waitFor(t, "flows cleaned up", func() bool { return r.Stats().FlowsOpen == 0 })
+	if n := r.Stats().Refused["fd-limit"]; n != 4 {
+		t.Errorf("fd-limit refusals %d, want 4", n)
+	}
+	logs := logBuf.String()
+	if !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "out of file descriptors") {
+		t.Errorf("no clear fd-limit error in the log:\n%s", logs)
+	}
+	// Rate-limited: 4 refusals within a second make 1 line.
+	if n := strings.Count(logs, "out of file descriptors"); n != 1 {
+		t.Errorf("%d fd-limit log lines, want 1 (rate-limited)", n)
 	}
 }
