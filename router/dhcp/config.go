@@ -86,7 +86,9 @@ type Config struct {
 	// ARP probe). In-use addresses are skipped and quarantined for
 	// QuarantineTime. Probes run in their own goroutines, at most 16.
 	Probe func(ctx context.Context, ip netip.Addr) (inUse bool, err error)
-	// ProbeTimeout bounds one Probe call. Default DefaultProbeTimeout (1 s).
+	// ProbeTimeout bounds one Probe call; a probe still unanswered then
+	// (context.DeadlineExceeded) means the address is free. Default
+	// DefaultProbeTimeout (1 s); clients retransmit DISCOVER after ~4 s.
 	ProbeTimeout time.Duration
 	// QuarantineTime is how long a DECLINEd or probed-in-use address is
 	// kept out of the pool. Default DefaultQuarantineTime (10 min).

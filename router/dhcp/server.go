@@ -309,6 +309,10 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 		if s.ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// No answer within ProbeTimeout: nobody uses the address.
+			inUse, err = false, nil
+		}
 		if err != nil {
 			s.c.probeErr.Add(1)
 			s.rl.warn(s.log, "probeerr", "dhcp: address probe failed; assuming free", "ip", u2a(ip), "err", err)

@@ -609,3 +609,37 @@ func BenchmarkDHCPDiscoverAck(b *testing.B) {
 		}
 	}
 }
+
+func TestProbeTimeoutMeansFree(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ProbeTimeout = 10 * time.Millisecond
+	cfg.Probe = func(ctx context.Context, ip netip.Addr) (bool, error) {
+		<-ctx.Done() // like an ARP probe nobody answers
+		return false, ctx.Err()
+	}
+	h := start(t, cfg)
+	if got := h.dora(1).YourIPAddr; !got.Equal(ip4("192.168.30.10")) {
+		t.Fatalf("got %v", got)
+	}
+	if st := h.srv.Stats(); st.ProbeErrors != 0 || st.ProbeInUse != 0 {
+		t.Fatalf("Stats = %+v", st)
+	}
+}
+
+func TestCloseAbortsProbe(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ProbeTimeout = time.Hour
+	probing := make(chan struct{})
+	cfg.Probe = func(ctx context.Context, ip netip.Addr) (bool, error) {
+		close(probing)
+		<-ctx.Done()
+		return false, ctx.Err()
+	}
+	h := start(t, cfg)
+	h.send(discover(1))
+	<-probing
+	if err := h.srv.Close(); err != nil { // must not wait for the hour
+		t.Fatal(err)
+	}
+	h.noPending()
+}
