@@ -373,17 +373,28 @@ func (l *Lab) RestartServer(ctx context.Context) error {
 	return nil
 }
 
-// KillConns destroys (ss -K) the server side of the established TCP connections
-// on the server port from peer ("IP" or "IP:PORT"; "" = every non-localhost peer). It returns how
-// many were killed; zero matching connections is an error.
+// KillConns destroys (ss -K) the server side of the established TCP
+// connections on the server port from peer ("IP" or "IP:PORT"; "" = every
+// non-localhost peer), as a TCP drop seen by the server. It returns how many
+// were killed; zero matching connections is an error.
 func (l *Lab) KillConns(ctx context.Context, peer string) (int, error) {
-	args := []string{"kill-conns"}
-	if peer != "" {
-		args = append(args, peer)
+	return l.killConns(ctx, peer, "server")
+}
+
+// KillClientConns destroys (ss -K) the client side, in the router namespace, of
+// the connections to the server port from local address local ("IP" or
+// "IP:PORT"; "" = all): the client sees ECONNABORTED, the server a RST.
+func (l *Lab) KillClientConns(ctx context.Context, local string) (int, error) {
+	return l.killConns(ctx, local, "client")
+}
+
+func (l *Lab) killConns(ctx context.Context, peer, side string) (int, error) {
+	if peer == "" {
+		peer = "all"
 	}
-	out, err := l.Run(ctx, args...)
+	out, err := l.Run(ctx, "kill-conns", peer, side)
 	if err != nil {
-		return 0, fmt.Errorf("lab.sh kill-conns: %w: %s", err, lastLines(out, 3))
+		return 0, fmt.Errorf("lab.sh kill-conns %s %s: %w: %s", peer, side, err, lastLines(out, 3))
 	}
 	for line := range strings.Lines(out) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KILLED="); ok {

@@ -30,7 +30,7 @@
 #              dnsmasq :53 (zone lab.test, no upstream) ─────┘
 #
 # Usage: lab.sh install|up|down|purge|status|env|exec NS CMD..|vpncmd ARGS..|
-#               dhcp clab|csnat|static clab|csnat [IP/PFX GW]|restart-server|kill-conns [PEER_IP[:PORT]]
+#               dhcp clab|csnat|static clab|csnat [IP/PFX GW]|restart-server|kill-conns [PEER_IP[:PORT]|all] [server|client]
 set -euo pipefail
 
 # ------------------------------------------------------------------ settings --
@@ -637,16 +637,25 @@ cmd_restart_server() {
 	wait_bridges
 	log "restart-server: stop $((t1 - t0)) ms, start+ready $(($(now_ms) - t1)) ms"
 }
-cmd_kill_conns() { # [PEER_IP[:PORT]]: destroy (ss -K) the server side of TCP connections on :$LAB_PORT
+cmd_kill_conns() { # [PEER_IP[:PORT]|all] [server|client]: destroy (ss -K) TCP connections to :$LAB_PORT
 	need_root
-	local filter
-	if [ -n "${1:-}" ]; then filter="( sport = :$LAB_PORT and dst $1 )"; else filter="( sport = :$LAB_PORT and not dst 127.0.0.1 )"; fi
+	local peer="${1:-all}" side="${2:-server}" ns filter
+	[ "$peer" = all ] && peer=""
+	case "$side" in
+	server) # the server's side of connections from PEER (default: every non-localhost peer)
+		ns=$NS_HUB
+		if [ -n "$peer" ]; then filter="( sport = :$LAB_PORT and dst $peer )"; else filter="( sport = :$LAB_PORT and not dst 127.0.0.1 )"; fi ;;
+	client) # the client's side, in the router namespace (PEER = the client's local IP[:PORT])
+		ns=$NS_RTR
+		if [ -n "$peer" ]; then filter="( dport = :$LAB_PORT and src $peer )"; else filter="( dport = :$LAB_PORT )"; fi ;;
+	*) die "usage: lab.sh kill-conns [PEER_IP[:PORT]|all] [server|client]" ;;
+	esac
 	local before after
-	before=$(in_ns "$NS_HUB" ss -Htn state established "$filter" | wc -l)
-	in_ns "$NS_HUB" ss -Htn -K state established "$filter" >/dev/null
-	after=$(in_ns "$NS_HUB" ss -Htn state established "$filter" | wc -l)
+	before=$(in_ns "$ns" ss -Htn state established "$filter" | wc -l)
+	in_ns "$ns" ss -Htn -K state established "$filter" >/dev/null
+	after=$(in_ns "$ns" ss -Htn state established "$filter" | wc -l)
 	echo "KILLED=$((before - after))"
-	[ "$before" -gt 0 ] || die "no established connections to :$LAB_PORT matched"
+	[ "$before" -gt 0 ] || die "no established connections to :$LAB_PORT matched ($side side)"
 }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 

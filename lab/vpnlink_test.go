@@ -343,9 +343,20 @@ func TestVPNLinkLoginErrors(t *testing.T) {
 	}
 }
 
-// (4) A TCP drop (ss -K on the server side) is survived by resuming the SAME
-// session; frames flow again.
+// (4) A TCP drop is survived by resuming the SAME session (additional_connect
+// with the session key); frames flow again and the link stays up. The drop is
+// made with ss -K on the server's side (the server sees the socket die; the
+// client gets a RST) and, separately, on the client's side.
 func TestVPNLinkResumeAfterTCPKill(t *testing.T) {
+	t.Run("ServerSide", func(t *testing.T) {
+		testResume(t, func(ctx context.Context, local string) (int, error) { return lab.KillConns(ctx, local) })
+	})
+	t.Run("ClientSide", func(t *testing.T) {
+		testResume(t, func(ctx context.Context, local string) (int, error) { return lab.KillClientConns(ctx, local) })
+	})
+}
+
+func testResume(t *testing.T, kill func(ctx context.Context, local string) (int, error)) {
 	rd := &recordingDial{ns: lab.NSRtr}
 	cfgA := linkConfig(t, lab.RouterUser, lab.RouterPassword)
 	cfgA.Dial = rd.dial
@@ -362,12 +373,14 @@ func TestVPNLinkResumeAfterTCPKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	n, err := lab.KillConns(ctx, local)
+	n, err := kill(ctx, local)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("killed %d server-side connection(s) of %s (client %s)", n, before.SessionName, local)
-	st, err := waitStatus(ctx, a, func(s vpnlink.Status) bool { return s.Resumes > before.Resumes || s.Reconnects > before.Reconnects })
+	t.Logf("killed %d connection(s) of %s (client %s)", n, before.SessionName, local)
+	st, err := waitStatus(ctx, a, func(s vpnlink.Status) bool {
+		return s.State == vpnlink.StateConnected && (s.Resumes > before.Resumes || s.Reconnects > before.Reconnects)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
