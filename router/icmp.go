@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/icmp"
 
@@ -42,6 +43,10 @@ func (m icmpMode) String() string {
 	}
 	return "unavailable"
 }
+
+// echoWriteTimeout bounds how long an echo request send may wait for
+// socket buffer space.
+const echoWriteTimeout = 20 * time.Millisecond
 
 // ICMP message types (RFC 792).
 const (
@@ -287,6 +292,13 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 		id = fl.rawID
 	} // ping sockets: the kernel puts the socket's identifier on the wire
 	msg := marshalEcho((*bp)[:0], icmpEchoRequest, id, req.Seq, req.Payload)
+	// onEcho runs on the stack's packet path: never wait for socket buffer
+	// space for long (a full buffer drops the request, as a router would).
+	conn := fl.conn
+	if x.mode == icmpRawSocket {
+		conn = x.raw
+	}
+	conn.SetWriteDeadline(time.Now().Add(echoWriteTimeout))
 	var err error
 	if x.mode == icmpPingSocket {
 		_, err = fl.conn.WriteTo(msg, &net.UDPAddr{IP: fl.hostDst.AsSlice()})

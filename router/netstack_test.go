@@ -406,3 +406,37 @@ func BenchmarkUDPForward(b *testing.B) {
 		}
 	}
 }
+
+// TestNetManyUDPFlows opens many UDP flows from one client at once, all
+// answered, then checks the table and that Close ends them all.
+func TestNetManyUDPFlows(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	leakCheck(t)
+	const n = 1000
+	r, h := newNetRouter(t, Config{NoDefaultDeny: true, MaxSessionsPerClient: n})
+	dst := virt(udpEchoServer(t))
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		u, err := h.DialUDP(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		conns[i] = u
+		u.Write([]byte{byte(i), byte(i >> 8)})
+	}
+	for i, u := range conns {
+		if got := readDatagram(t, u); got != string([]byte{byte(i), byte(i >> 8)}) {
+			t.Fatalf("flow %d got %q", i, got)
+		}
+	}
+	if st := r.Stats(); st.FlowsOpenUDP != n || st.PacketsIn != n {
+		t.Fatalf("Stats = %+v", st)
+	}
+	r.Close()
+	if st := r.Stats(); st.FlowsOpen != 0 || st.FlowsClosed != n {
+		t.Fatalf("after Close: %+v", st)
+	}
+}

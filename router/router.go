@@ -1,11 +1,13 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -296,7 +298,7 @@ func (r *Router) setKeepAlive(c net.Conn) {
 	}
 }
 
-// Flows returns a snapshot of the live flows, in no particular order.
+// Flows returns a snapshot of the live flows, ordered by ID (oldest first).
 func (r *Router) Flows() []Flow {
 	fs := r.table.snapshot()
 	out := make([]Flow, 0, len(fs))
@@ -318,6 +320,7 @@ func (r *Router) Flows() []Flow {
 			LastActivity: last,
 		})
 	}
+	slices.SortFunc(out, func(a, b Flow) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
