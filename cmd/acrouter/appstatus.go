@@ -1,0 +1,164 @@
+package main
+
+import (
+	"sort"
+	"time"
+)
+
+// The running app is the status API's source.
+var _ statusSource = (*app)(nil)
+
+func (a *app) Status() statusDoc {
+	st := a.link.Status()
+	d := statusDoc{
+		Version:   version,
+		StartedAt: startTime,
+		UptimeSec: time.Since(startTime).Seconds(),
+		Hub: hubDoc{
+			Server: st.Server, Hub: st.Hub, User: st.User,
+			State:       st.State.String(),
+			SessionName: st.SessionName, BridgeMode: st.BridgeMode,
+			Reconnects: st.Reconnects, Resumes: st.Resumes,
+			ServerProduct: st.ServerProduct, ServerVersion: st.ServerVersion, ServerBuild: st.ServerBuild,
+			CertSHA256: st.CertSHA256, ConnectedSince: st.ConnectedSince,
+		},
+		Router: routerDoc{
+			IP: a.set.RouterPrefix.String(), MAC: a.mac.String(),
+			DHCP: a.dhcp != nil, DNS: a.dns != nil,
+			MaxSessions: a.cfg.Router.MaxSessions,
+		},
+	}
+	if st.LastError != nil {
+		d.Hub.LastError = st.LastError.Error()
+	}
+	if a.router != nil {
+		d.Router.FlowsOpen = a.router.Stats().FlowsOpen
+	}
+	return d
+}
+
+func (a *app) Sessions() []flowDoc {
+	if a.router == nil {
+		return nil
+	}
+	now := time.Now()
+	flows := a.router.Flows()
+	out := make([]flowDoc, 0, len(flows))
+	for _, f := range flows {
+		out = append(out, flowDoc{
+			Proto: f.Proto.String(), Client: f.Client.String(), Dest: f.Dest.String(), State: f.State.String(),
+			BytesUp: f.BytesOut, BytesDown: f.BytesIn,
+			AgeSec: f.Age.Seconds(), IdleSec: now.Sub(f.LastActivity).Seconds(),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].AgeSec > out[j].AgeSec })
+	return out
+}
+
+func (a *app) Leases() []leaseDoc {
+	if a.dhcp == nil {
+		return nil
+	}
+	var out []leaseDoc
+	for _, l := range a.dhcp.Leases() {
+		if len(l.MAC) == 0 {
+			continue // quarantined address, not a client
+		}
+		out = append(out, leaseDoc{MAC: l.MAC.String(), IP: l.IP.String(), Hostname: l.Hostname, Expires: l.Expiry, State: string(l.State)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
+	return out
+}
+
+func (a *app) Metrics() []metricSample {
+	var m []metricSample
+	counter := func(name, help string, v uint64, labels ...string) {
+		m = append(m, metricSample{Name: name, Help: help, Value: float64(v), Labels: pairs(labels)})
+	}
+	gauge := func(name, help string, v float64, labels ...string) {
+		m = append(m, metricSample{Name: name, Help: help, Gauge: true, Value: v, Labels: pairs(labels)})
+	}
+
+	st := a.link.Status()
+	up := 0.0
+	if st.State.String() == "connected" {
+		up = 1
+	}
+	gauge("acrouter_hub_connected", "1 while the hub session is connected.", up)
+	counter("acrouter_hub_logins_total", "Successful hub logins (new sessions).", st.Logins)
+	counter("acrouter_hub_reconnects_total", "Hub link re-establishments after a loss.", st.Reconnects)
+	counter("acrouter_hub_resumes_total", "Re-establishments that resumed the same hub session.", st.Resumes)
+	counter("acrouter_hub_frames_total", "Ethernet frames over the hub link.", st.FramesIn, "dir", "in")
+	counter("acrouter_hub_frames_total", "Ethernet frames over the hub link.", st.FramesOut, "dir", "out")
+	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesIn, "dir", "in")
+	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesOut, "dir", "out")
+	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropRxQueue, "reason", "rx-queue")
+	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropTxQueue, "reason", "tx-queue")
+	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropOversize, "reason", "oversize")
+	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.LostInFlight, "reason", "lost-in-flight")
+
+	if a.stack != nil {
+		ns := a.stack.Stats()
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropMalformed, "reason", "malformed")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropTooBig, "reason", "too-big")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropOwnSource, "reason", "own-source")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropARPConflict, "reason", "arp-conflict")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropQueueFull, "reason", "queue-full")
+		counter("acrouter_netstack_tcp_forward_drops_total", "SYNs dropped by gVisor's forwarder in-flight cap.", ns.TCPForwardDrops)
+		counter("acrouter_netstack_tcp_retransmits_total", "TCP retransmits of the virtual host.", ns.TCPRetransmits)
+	}
+	if a.router != nil {
+		rs := a.router.Stats()
+		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenTCP), "proto", "tcp")
+		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenUDP), "proto", "udp")
+		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenICMP), "proto", "icmp")
+		counter("acrouter_flows_created_total", "NAT flows created.", rs.FlowsCreatedTCP, "proto", "tcp")
+		counter("acrouter_flows_created_total", "NAT flows created.", rs.FlowsCreatedUDP, "proto", "udp")
+		counter("acrouter_flows_created_total", "NAT flows created.", rs.FlowsCreatedICMP, "proto", "icmp")
+		counter("acrouter_flows_evicted_total", "Idle flows evicted at a session cap.", rs.Evicted)
+		for reason, n := range rs.Refused {
+			counter("acrouter_flows_refused_total", "New flows refused, by reason.", n, "reason", reason)
+		}
+		counter("acrouter_flow_bytes_total", "NAT payload bytes.", rs.BytesOut, "dir", "up")
+		counter("acrouter_flow_bytes_total", "NAT payload bytes.", rs.BytesIn, "dir", "down")
+		counter("acrouter_icmp_echo_total", "ICMP echo forwarding.", rs.EchoRequests, "kind", "request")
+		counter("acrouter_icmp_echo_total", "ICMP echo forwarding.", rs.EchoReplies, "kind", "reply")
+		counter("acrouter_icmp_echo_total", "ICMP echo forwarding.", rs.EchoDropped, "kind", "dropped")
+	}
+	if a.dhcp != nil {
+		ds := a.dhcp.Stats()
+		for _, kv := range []struct {
+			k string
+			v uint64
+		}{{"discover", ds.Discover}, {"request", ds.Request}, {"decline", ds.Decline}, {"release", ds.Release}, {"inform", ds.Inform}, {"malformed", ds.Malformed}} {
+			counter("acrouter_dhcp_received_total", "DHCP messages received, by type.", kv.v, "type", kv.k)
+		}
+		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Offer, "type", "offer")
+		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Ack, "type", "ack")
+		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Nak, "type", "nak")
+		counter("acrouter_dhcp_pool_exhausted_total", "DISCOVERs that found no free address.", ds.PoolExhausted)
+		gauge("acrouter_dhcp_leases", "Bound DHCP leases.", float64(ds.BoundLeases))
+	}
+	if a.dns != nil {
+		ns := a.dns.Stats()
+		counter("acrouter_dns_queries_total", "DNS queries received.", ns.UDPQueries, "transport", "udp")
+		counter("acrouter_dns_queries_total", "DNS queries received.", ns.TCPQueries, "transport", "tcp")
+		counter("acrouter_dns_cache_total", "DNS cache look-ups.", ns.CacheHits, "result", "hit")
+		counter("acrouter_dns_cache_total", "DNS cache look-ups.", ns.CacheMisses, "result", "miss")
+		counter("acrouter_dns_servfail_total", "SERVFAILs sent because every upstream failed.", ns.ServFail)
+		counter("acrouter_dns_rate_limited_total", "Queries refused by the per-client rate limit.", ns.RateLimited)
+		counter("acrouter_dns_upstream_errors_total", "Failed upstream attempts.", ns.UpstreamErrors)
+	}
+	return m
+}
+
+func pairs(kv []string) map[string]string {
+	if len(kv) == 0 {
+		return nil
+	}
+	m := make(map[string]string, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
