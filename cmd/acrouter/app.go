@@ -344,4 +344,3 @@ func (a *app) close() error {
 	}
 	return errors.Join(errs...)
 }
-
