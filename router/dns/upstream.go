@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -128,6 +129,11 @@ func (u *upstreams) reload(now time.Time) bool {
 	defer f.Close()
 	servers := parseResolvConf(io.LimitReader(f, 1<<20))
 	u.loaded, u.servers, u.lastError = true, servers, nil
+	for s := range u.down {
+		if !slices.Contains(servers, s) {
+			delete(u.down, s)
+		}
+	}
 	u.modTime, u.size = fi.ModTime(), fi.Size()
 	return true
 }
