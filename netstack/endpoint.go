@@ -19,8 +19,8 @@ const (
 	ethHeaderLen = header.EthernetMinimumSize // 14: dst MAC, src MAC, EtherType
 
 	// writeQueueFrames bounds the outbound queue between gVisor and the
-	// writer goroutine. Frames beyond it are dropped (TCP retransmits); a
-	// Link that accepts batches quickly never lets it fill.
+	// writer goroutine. When it is full the sending goroutine flushes a
+	// batch itself (backpressure, see roomLocked).
 	writeQueueFrames = 1024
 
 	// maxBatchFrames bounds one WriteFrames call.
@@ -65,6 +65,11 @@ type linkEndpoint struct {
 	free    [][]byte // recycled frame buffers (cap frameCap)
 	qclosed bool
 	wake    chan struct{} // cap 1: queue became non-empty or closed
+
+	// wmu serialises Link.WriteFrames (the Link allows one writer at a
+	// time) and guards batch. Lock order: wmu before qmu.
+	wmu   sync.Mutex
+	batch [][]byte
 
 	frameCap   int
 	writerDone chan struct{}
@@ -190,6 +195,9 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	for _, pkt := range pkts.AsSlice() {
+		if !e.roomLocked() {
+			break
+		}
 		f := e.frameLocked(pkt.Size())
 		if f == nil {
 			continue
@@ -217,6 +225,9 @@ func (e *linkEndpoint) enqueueFrames(frames [][]byte) error {
 	}
 	n := 0
 	for _, src := range frames {
+		if !e.roomLocked() {
+			break
+		}
 		if f := e.frameLocked(len(src)); f != nil {
 			copy(f, src)
 			e.queue = append(e.queue, f)
@@ -231,6 +242,19 @@ func (e *linkEndpoint) enqueueFrames(frames [][]byte) error {
 		return errors.New("netstack: write queue full")
 	}
 	return nil
+}
+
+// roomLocked makes room in a full queue by flushing a batch on the calling
+// goroutine: backpressure instead of drops when the writer goroutine falls
+// behind (with two cores, gVisor's senders easily outrun it). qmu is held on
+// entry and exit; it reports false if the endpoint closed meanwhile.
+func (e *linkEndpoint) roomLocked() bool {
+	for i := 0; len(e.queue) >= writeQueueFrames && i < 4; i++ {
+		e.qmu.Unlock()
+		e.flush()
+		e.qmu.Lock()
+	}
+	return !e.qclosed
 }
 
 // frameLocked returns a frame buffer of length size for the queue, or nil
@@ -297,35 +321,48 @@ func (e *linkEndpoint) rewriteARPSender(f []byte) {
 // flushes what is left and exits.
 func (e *linkEndpoint) writeLoop() {
 	defer close(e.writerDone)
-	var batch [][]byte
 	for {
 		<-e.wake
 		for {
-			e.qmu.Lock()
-			closed := e.qclosed
-			k := min(len(e.queue), maxBatchFrames)
-			batch = append(batch[:0], e.queue[:k]...)
-			rest := copy(e.queue, e.queue[k:])
-			clear(e.queue[rest:])
-			e.queue = e.queue[:rest]
-			e.qmu.Unlock()
+			k, closed := e.flush()
 			if k == 0 {
 				if closed {
 					return
 				}
 				break
 			}
-			e.write(batch)
-			e.qmu.Lock()
-			for i, f := range batch {
-				if len(e.free) < writeQueueFrames {
-					e.free = append(e.free, f[:cap(f)])
-				}
-				batch[i] = nil
-			}
-			e.qmu.Unlock()
 		}
 	}
+}
+
+// flush writes up to maxBatchFrames queued frames with one WriteFrames call
+// and returns how many, and whether the queue is closed. wmu makes taking a
+// batch and writing it one step, so batches reach the Link in queue order
+// whichever goroutine flushes.
+func (e *linkEndpoint) flush() (int, bool) {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	e.qmu.Lock()
+	closed := e.qclosed
+	k := min(len(e.queue), maxBatchFrames)
+	e.batch = append(e.batch[:0], e.queue[:k]...)
+	rest := copy(e.queue, e.queue[k:])
+	clear(e.queue[rest:])
+	e.queue = e.queue[:rest]
+	e.qmu.Unlock()
+	if k == 0 {
+		return 0, closed
+	}
+	e.write(e.batch)
+	e.qmu.Lock()
+	for i, f := range e.batch {
+		if len(e.free) < writeQueueFrames {
+			e.free = append(e.free, f[:cap(f)])
+		}
+		e.batch[i] = nil
+	}
+	e.qmu.Unlock()
+	return k, closed
 }
 
 func (e *linkEndpoint) write(batch [][]byte) {
