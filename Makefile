@@ -48,5 +48,10 @@ interop:
 	bash lab/lab.sh install
 	$(GO) test -tags interop -count=1 -v -timeout $(INTEROP_TIMEOUT) ./lab/
 
+# The main job end to end: a real SoftEther server, acrouter as an unprivileged
+# user, a client that gets a lease and reaches a LAN service. Needs root.
+demo: build
+	bash lab/demo.sh
+
 clean:
 	rm -rf bin

@@ -260,6 +260,9 @@ func (a *app) start() error {
 			Reservations: set.Reservations,
 			StateFile:    a.state.leasesFile(),
 			Probe:        a.stack.ProbeAddr,
+			// An ARP answer on a hub takes milliseconds; the 1 s default
+			// made every fresh lease take over a second.
+			ProbeTimeout: 250 * time.Millisecond,
 			Logger:       a.log.With("component", "dhcp"),
 		})
 		if err != nil {
