@@ -64,6 +64,7 @@ set -euo pipefail
 : "${LAB_VPNCMD_TIMEOUT:=20}"            # seconds per vpncmd call
 : "${LAB_DHCP_TIMEOUT:=15}"              # seconds for `lab.sh dhcp`
 : "${LAB_INSTALL:=auto}"                 # auto: `up` installs missing packages; 0: never
+: "${LAB_APT_TIMEOUT:=900}"              # seconds per apt-get call
 : "${LAB_VPNSERVER_BIN:=/usr/libexec/softether/vpnserver/vpnserver}"
 : "${LAB_VPNCMD_BIN:=/usr/libexec/softether/vpncmd/vpncmd}"
 
@@ -183,8 +184,8 @@ cmd_install() {
 		chmod 755 "$POLICY_RC"
 		local rc=0
 		export DEBIAN_FRONTEND=noninteractive
-		apt-get update -q >"/tmp/acrouter-lab-apt.log" 2>&1 &&
-			apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold $pk \
+		timeout -k 10 "$LAB_APT_TIMEOUT" apt-get update -q >"/tmp/acrouter-lab-apt.log" 2>&1 &&
+			timeout -k 10 "$LAB_APT_TIMEOUT" apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold $pk \
 				>>"/tmp/acrouter-lab-apt.log" 2>&1 || rc=$?
 		restore_policy; trap - EXIT
 		[ $rc = 0 ] || die "apt-get failed (rc=$rc): $(tail -5 /tmp/acrouter-lab-apt.log)"

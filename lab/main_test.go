@@ -61,7 +61,10 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	lab = l
-	if info, err := l.ServerInfo(context.Background()); err == nil {
+	ictx, icancel := context.WithTimeout(context.Background(), 30*time.Second)
+	info, err := l.ServerInfo(ictx)
+	icancel()
+	if err == nil {
 		logf("server: %s, %s (%s)", info["Product Name"], info["Version"], info["Build"])
 	}
 	code := m.Run()
