@@ -59,7 +59,7 @@ func (s *Server) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yiaddr uint32
 	if withLease {
 		o[optLeaseTime] = u32b(secs(d.leaseTime))
 		o[optRenewalTime] = u32b(secs(d.leaseTime / 2))
-		o[optRebindingTime] = u32b(secs(d.leaseTime * 7 / 8))
+		o[optRebindingTime] = u32b(secs(d.leaseTime / 8 * 7))
 	}
 	o[optSubnetMask] = []byte(d.mask)
 	if d.hasGateway {

@@ -316,10 +316,19 @@ nameserver
 options edns0 trust-ad
   nameserver 192.0.2.9
 `
-	got := parseResolvConf(strings.NewReader(in))
+	got, search := parseResolvConfAll(strings.NewReader(in))
 	want := []string{"127.0.0.53:53", "[2001:db8::1]:53", "[fe80::1%eth0]:53", "192.0.2.9:53"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("got %q, want %q", got, want)
+	if !slices.Equal(got, want) || !slices.Equal(search, []string{"example.com"}) {
+		t.Fatalf("got %q %q, want %q [example.com]", got, search, want)
+	}
+	path := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(path, []byte("search a.example b.example.\ndomain ignored.example\nsearch corp lan\nnameserver ::1\n"), 0o644)
+	servers, search, err := ReadResolvConf(path)
+	if err != nil || !slices.Equal(servers, []string{"[::1]:53"}) || !slices.Equal(search, []string{"corp", "lan"}) {
+		t.Fatalf("ReadResolvConf: %q %q %v", servers, search, err)
+	}
+	if _, _, err := ReadResolvConf(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Fatal("missing file accepted")
 	}
 }
 

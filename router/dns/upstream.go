@@ -150,10 +150,28 @@ func (u *upstreams) markUp(server string) {
 	u.mu.Unlock()
 }
 
+// ReadResolvConf reads a resolv.conf: the nameservers as "host:port" and
+// the search list ("domain" or "search", the last one wins, as in glibc).
+// cmd/acrouter can pass the search list to DHCP options 15/119, as SecureNAT
+// hands out the host's domain.
+func ReadResolvConf(path string) (servers, search []string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dns: %w", err)
+	}
+	defer f.Close()
+	servers, search = parseResolvConfAll(io.LimitReader(f, 1<<20))
+	return servers, search, nil
+}
+
 // parseResolvConf returns "host:port" for every valid nameserver line
 // (IPv4, IPv6, IPv6 with a zone), in file order, without duplicates.
 func parseResolvConf(r io.Reader) []string {
-	var out []string
+	servers, _ := parseResolvConfAll(r)
+	return servers
+}
+
+func parseResolvConfAll(r io.Reader) (servers, search []string) {
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64*1024)
@@ -163,18 +181,28 @@ func parseResolvConf(r io.Reader) []string {
 			line = line[:i]
 		}
 		f := strings.Fields(string(line))
-		if len(f) < 2 || f[0] != "nameserver" {
+		if len(f) < 2 {
 			continue
 		}
-		a, err := netip.ParseAddr(f[1])
-		if err != nil {
-			continue
-		}
-		hp := net.JoinHostPort(a.String(), "53")
-		if !seen[hp] {
-			seen[hp] = true
-			out = append(out, hp)
+		switch f[0] {
+		case "nameserver":
+			a, err := netip.ParseAddr(f[1])
+			if err != nil {
+				continue
+			}
+			hp := net.JoinHostPort(a.String(), "53")
+			if !seen[hp] {
+				seen[hp] = true
+				servers = append(servers, hp)
+			}
+		case "domain", "search":
+			search = nil
+			for _, d := range f[1:] {
+				if d = strings.TrimSuffix(d, "."); d != "" && len(search) < 32 {
+					search = append(search, d)
+				}
+			}
 		}
 	}
-	return out
+	return servers, search
 }
