@@ -22,7 +22,7 @@ type pooledReader struct {
 // (for example a test's in-memory conn); callers then fall back to Read.
 func newPooledReader(c net.Conn, pool *sync.Pool, stream bool) *pooledReader {
 	sc, ok := c.(syscall.Conn)
-	if !ok {
+	if !ok || !pooledReadSupported {
 		return nil
 	}
 	rc, err := sc.SyscallConn()
@@ -38,7 +38,7 @@ func (p *pooledReader) read() (bp *[]byte, n int, err error) {
 	var rerr error
 	cerr := p.rc.Read(func(fd uintptr) bool {
 		bp = p.pool.Get().(*[]byte)
-		n, rerr = syscall.Read(int(fd), *bp)
+		n, rerr = rawRead(fd, *bp)
 		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
 			p.pool.Put(bp)
 			bp = nil

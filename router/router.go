@@ -258,14 +258,14 @@ func isTimeout(err error) bool {
 // checkFDLimit warns once at start when MaxSessions cannot be met because
 // every flow holds one host socket (file descriptor).
 func (r *Router) checkFDLimit() {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+	limit, ok := fdLimit()
+	if !ok {
 		return
 	}
 	const reserve = 64 // listeners, logs, the hub connection, ...
-	if need := uint64(r.cfg.MaxSessions) + reserve; lim.Cur < need {
+	if need := uint64(r.cfg.MaxSessions) + reserve; limit < need {
 		r.log.Warn("router: MaxSessions exceeds the open-file limit; flows beyond it will be refused (fd-limit)",
-			"max_sessions", r.cfg.MaxSessions, "nofile_limit", lim.Cur, "want", need)
+			"max_sessions", r.cfg.MaxSessions, "nofile_limit", limit, "want", need)
 	}
 }
 
