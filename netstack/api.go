@@ -139,6 +139,7 @@ type Stats struct {
 	EchoRequests                          uint64 // echo requests handed to the echo handler
 	EchoUnhandled                         uint64 // echo requests to foreign addresses with no handler set
 	ICMPErrorsSent                        uint64 // unreachable/time-exceeded messages we crafted
+	ICMPErrorsLimited                     uint64 // ... not sent: over the stack's ICMP rate limit
 
 	// From gVisor's stack statistics.
 	TCPActiveOpens, TCPPassiveOpens, TCPEstablished uint64

@@ -11,6 +11,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
+var errICMPRateLimited = errors.New("netstack: ICMP error rate-limited")
+
 type echoState struct {
 	q quote // the request: client MAC and datagram start, for replies and errors
 }
@@ -139,6 +141,13 @@ func icmpCode(how Reject) header.ICMPv4Code {
 func (st *Stack) writeICMPError(q quote, typ header.ICMPv4Type, code header.ICMPv4Code) error {
 	if len(q.data) < header.IPv4MinimumSize || q.mac == "" {
 		return errors.New("netstack: ICMP error: no quoted datagram")
+	}
+	// Share gVisor's ICMP budget (1000/s, burst 50 by default), which also
+	// limits the errors and echo replies gVisor sends itself (RFC 1812
+	// §4.3.2.8), so a flood of rejected flows cannot become an ICMP flood.
+	if !st.s.AllowICMPMessage() {
+		st.fctr.icmpErrorsLimited.Add(1)
+		return errICMPRateLimited
 	}
 	orig := header.IPv4(q.data)
 	msg := make([]byte, header.ICMPv4MinimumSize+len(q.data))

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -83,14 +82,24 @@ func (st *Stack) ProbeAddr(ctx context.Context, ip netip.Addr) (inUse bool, err 
 		return false, fmt.Errorf("netstack: probe %v: %w", ip, net.ErrClosed)
 	}
 	a := tcpip.AddrFrom4(ip.As4())
+	state := stack.Unknown
 	if ns, terr := st.s.Neighbors(nicID, ipv4.ProtocolNumber); terr == nil {
 		for _, n := range ns {
-			if n.Addr == a && n.State == stack.Reachable {
-				return true, nil
+			if n.Addr == a {
+				state = n.State
 			}
 		}
 	}
-	_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, a) // force a fresh probe
+	switch state {
+	case stack.Reachable, stack.Static:
+		return true, nil
+	case stack.Unknown, stack.Incomplete:
+		// No entry, or a resolution already running: join it.
+	default:
+		// Stale, Delay, Probe, Unreachable: the cached answer may be
+		// old; force a fresh resolution.
+		_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, a)
+	}
 	res := make(chan stack.LinkResolutionResult, 1)
 	terr := st.s.GetLinkAddress(nicID, a, st.addr, ipv4.ProtocolNumber, func(r stack.LinkResolutionResult) {
 		res <- r
@@ -110,5 +119,3 @@ func (st *Stack) ProbeAddr(ctx context.Context, ip netip.Addr) (inUse bool, err 
 		return false, fmt.Errorf("netstack: probe %v: %w", ip, ctx.Err())
 	}
 }
-
-var _ = errors.New

@@ -91,6 +91,7 @@ type flowCounters struct {
 	tcpRequests, tcpAccepted, tcpRejected, tcpAcceptFailed atomic.Uint64
 	udpRequests, udpAccepted, udpRejected, udpPendingDrops atomic.Uint64
 	echoRequests, echoUnhandled, icmpErrorsSent            atomic.Uint64
+	icmpErrorsLimited                                      atomic.Uint64
 }
 
 // New starts a virtual host on link. It starts one goroutine reading frames
@@ -381,7 +382,7 @@ func (st *Stack) Stats() Stats {
 		UDPRequests:     f.udpRequests.Load(), UDPAccepted: f.udpAccepted.Load(),
 		UDPRejected: f.udpRejected.Load(), UDPPendingDrops: f.udpPendingDrops.Load(),
 		EchoRequests: f.echoRequests.Load(), EchoUnhandled: f.echoUnhandled.Load(),
-		ICMPErrorsSent: f.icmpErrorsSent.Load(),
+		ICMPErrorsSent: f.icmpErrorsSent.Load(), ICMPErrorsLimited: f.icmpErrorsLimited.Load(),
 
 		TCPActiveOpens:    g.TCP.ActiveConnectionOpenings.Value(),
 		TCPPassiveOpens:   g.TCP.PassiveConnectionOpenings.Value(),

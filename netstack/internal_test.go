@@ -1,0 +1,69 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+func newTestStack(t *testing.T) *Stack {
+	t.Helper()
+	st, err := New(newCaptureLink(), Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// TestKeepaliveOptions checks what Accept sets on every forwarded endpoint.
+func TestKeepaliveOptions(t *testing.T) {
+	st := newTestStack(t)
+	var wq waiter.Queue
+	ep, terr := st.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	defer ep.Close()
+	setKeepalive(ep)
+	var idle tcpip.KeepaliveIdleOption
+	var intvl tcpip.KeepaliveIntervalOption
+	if err := ep.GetSockOpt(&idle); err != nil || time.Duration(idle) != 60*time.Second {
+		t.Errorf("idle %v, %v", time.Duration(idle), err)
+	}
+	if err := ep.GetSockOpt(&intvl); err != nil || time.Duration(intvl) != 30*time.Second {
+		t.Errorf("interval %v, %v", time.Duration(intvl), err)
+	}
+	if n, err := ep.GetSockOptInt(tcpip.KeepaliveCountOption); err != nil || n != 9 {
+		t.Errorf("count %d, %v", n, err)
+	}
+	if !ep.SocketOptions().GetKeepAlive() {
+		t.Error("keepalive off")
+	}
+}
+
+// TestTCPOptions checks the stack tuning that configure documents.
+func TestTCPOptions(t *testing.T) {
+	st := newTestStack(t)
+	var sack tcpip.TCPSACKEnabled
+	var rec tcpip.TCPRecovery
+	var rcv tcpip.TCPReceiveBufferSizeRangeOption
+	var snd tcpip.TCPSendBufferSizeRangeOption
+	var mod tcpip.TCPModerateReceiveBufferOption
+	for _, o := range []tcpip.GettableTransportProtocolOption{&sack, &rec, &rcv, &snd, &mod} {
+		if err := st.s.TransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			t.Fatalf("%T: %v", o, err)
+		}
+	}
+	if !bool(sack) || rec != tcpip.TCPRACKLossDetection || !bool(mod) {
+		t.Errorf("sack %v recovery %v moderate %v", sack, rec, mod)
+	}
+	if rcv.Default != 1<<20 || rcv.Max != 8<<20 || snd.Default != 1<<20 || snd.Max != 6<<20 {
+		t.Errorf("buffers rcv %+v snd %+v", rcv, snd)
+	}
+}
