@@ -20,7 +20,7 @@ type Stats struct {
 	Malformed uint64 // undecodable or invalid requests (dropped)
 	// Requests by message type.
 	Discover, Request, Decline, Release, Inform, OtherType uint64
-	// Replies sent.
+	// Replies handed to the conn (counted before the write).
 	Offer, Ack, Nak    uint64
 	PoolExhausted      uint64 // DISCOVERs that found no free address
 	Declined           uint64 // addresses quarantined after a DECLINE
@@ -346,9 +346,7 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 
 func (s *Server) sendOffer(req *dhcpv4.DHCPv4, ip uint32) {
 	resp := s.reply(req, dhcpv4.MessageTypeOffer, ip, true)
-	if s.send(req, resp, s.replyDest(req, false)) {
-		s.c.offer.Add(1)
-	}
+	s.send(req, resp, s.replyDest(req, false), &s.c.offer)
 }
 
 func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
@@ -405,9 +403,7 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 
 	if reason != "" {
 		s.log.Info("dhcp: NAK", "mac", mac, "ip", u2a(target), "reason", reason)
-		if s.send(req, s.nak(req, reason), s.replyDest(req, true)) {
-			s.c.nak.Add(1)
-		}
+		s.send(req, s.nak(req, reason), s.replyDest(req, true), &s.c.nak)
 		return
 	}
 	if renewed {
@@ -415,9 +411,7 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 	} else {
 		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", l.hostname, "lease", s.d.leaseTime)
 	}
-	if s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, true), s.replyDest(req, false)) {
-		s.c.ack.Add(1)
-	}
+	s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, true), s.replyDest(req, false), &s.c.ack)
 	s.markDirty()
 }
 
@@ -464,9 +458,7 @@ func (s *Server) handleRelease(req *dhcpv4.DHCPv4) {
 func (s *Server) handleInform(req *dhcpv4.DHCPv4) {
 	resp := s.reply(req, dhcpv4.MessageTypeAck, 0, false)
 	resp.ClientIPAddr = req.ClientIPAddr
-	if s.send(req, resp, s.replyDest(req, false)) {
-		s.c.ack.Add(1)
-	}
+	s.send(req, resp, s.replyDest(req, false), &s.c.ack)
 }
 
 // replyDest implements RFC 2131 §4.1: via the relay if giaddr is set,
@@ -483,20 +475,19 @@ func (s *Server) replyDest(req *dhcpv4.DHCPv4, nak bool) net.Addr {
 	return broadcastAddr
 }
 
-func (s *Server) send(req, m *dhcpv4.DHCPv4, to net.Addr) bool {
+// send writes m to to. The reply counter is bumped before the write, so a
+// client that has seen the reply also sees it counted; failures are
+// counted as WriteErrors.
+func (s *Server) send(req, m *dhcpv4.DHCPv4, to net.Addr, counter *atomic.Uint64) {
 	b := s.encode(req, m)
+	counter.Add(1)
 	s.wmu.Lock()
 	_, err := s.conn.WriteTo(b, to)
 	s.wmu.Unlock()
-	if err != nil {
-		if s.isClosed() {
-			return false
-		}
+	if err != nil && !s.isClosed() {
 		s.c.writeErr.Add(1)
 		s.rl.warn(s.log, "write", "dhcp: send failed", "to", to.String(), "err", err)
-		return false
 	}
-	return true
 }
 
 func sanitizeHostname(h string) string {

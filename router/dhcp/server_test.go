@@ -213,7 +213,7 @@ func TestReservation(t *testing.T) {
 func TestPersistenceAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := baseConfig()
-	cfg.StateFile = filepath.Join(dir, "leases.json")
+	cfg.StateFile = filepath.Join(dir, "sub", "leases.json") // directory created on save
 	clk := newClock()
 	cfg.Now = clk.Now
 	h := start(t, cfg)

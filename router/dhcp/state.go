@@ -99,6 +99,9 @@ func writeFileAtomic(path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("dhcp: encode leases: %w", err)
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("dhcp: save leases: %w", err)
+	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("dhcp: save leases: %w", err)

@@ -15,6 +15,7 @@ import (
 const (
 	DefaultResolvConf     = "/etc/resolv.conf"
 	DefaultTimeout        = 2 * time.Second // per upstream attempt
+	DefaultQueryTimeout   = 4 * time.Second // whole query, all attempts
 	DefaultCacheSize      = 1024            // entries
 	DefaultMaxCacheTTL    = time.Hour
 	DefaultRateLimit      = 100 // queries per second per client IP
@@ -54,6 +55,10 @@ type Config struct {
 	ResolvConf string
 	// Timeout bounds one upstream attempt; default DefaultTimeout (2 s).
 	Timeout time.Duration
+	// QueryTimeout bounds all attempts for one query (default 4 s, below
+	// the 5 s glibc clients wait), so a client gets SERVFAIL, not silence,
+	// even when several upstreams are down. At least Timeout.
+	QueryTimeout time.Duration
 	// Static answers A, AAAA and the matching PTR queries locally (name →
 	// addresses). Other types for these names get an empty NOERROR.
 	Static map[string][]netip.Addr
@@ -100,6 +105,10 @@ func (c *Config) normalize() (Config, *hostTable, error) {
 	if n.Timeout <= 0 {
 		n.Timeout = DefaultTimeout
 	}
+	if n.QueryTimeout <= 0 {
+		n.QueryTimeout = DefaultQueryTimeout
+	}
+	n.QueryTimeout = max(n.QueryTimeout, n.Timeout)
 	if n.CacheSize == 0 {
 		n.CacheSize = DefaultCacheSize
 	}

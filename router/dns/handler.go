@@ -141,6 +141,8 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+	defer cancel()
 	uq := upstreamQuery(p.q)
 	var last *mdns.Msg
 	var lastErr error
@@ -158,7 +160,11 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				s.c.upErr.Add(1)
+				if lastErr == nil {
+					lastErr = err
+				}
+				return nil, fmt.Errorf("dns: query budget of %v used up: %w", s.cfg.QueryTimeout, lastErr)
 			}
 			s.c.upErr.Add(1)
 			s.ups.markDown(srv)

@@ -148,6 +148,19 @@ func TestUpstreamDownServFail(t *testing.T) {
 	}
 }
 
+func TestQueryBudget(t *testing.T) {
+	third := newFakeUpstream(t, records)
+	ts := startServer(t, Config{Upstreams: []string{blackhole(t), blackhole(t), third.addr},
+		Timeout: 100 * time.Millisecond, QueryTimeout: 150 * time.Millisecond})
+	r := ask(t, "udp", ts.udpAddr, query("budget.example.", mdns.TypeA))
+	if r.Rcode != mdns.RcodeServerFailure {
+		t.Fatalf("rcode %s, want SERVFAIL once the budget is used up", mdns.RcodeToString[r.Rcode])
+	}
+	if n := third.udpCount.Load(); n != 0 {
+		t.Fatalf("third upstream asked after the budget ran out")
+	}
+}
+
 func TestFailoverToSecondUpstream(t *testing.T) {
 	up := newFakeUpstream(t, records)
 	ts := startServer(t, Config{Upstreams: []string{blackhole(t), up.addr}, Timeout: 100 * time.Millisecond})
