@@ -607,3 +607,44 @@ func TestIdenticalQueriesCoalesced(t *testing.T) {
 		t.Fatalf("Stats = %+v", st)
 	}
 }
+
+func TestEDNSMatchesClient(t *testing.T) {
+	// A contrary upstream: OPT when the query had none, none when it had one.
+	up := newFakeUpstream(t, func(network string, q *mdns.Msg) *mdns.Msg {
+		m := records(network, q)
+		if q.IsEdns0() != nil {
+			m.Extra = nil
+		} else {
+			m.SetEdns0(4096, false)
+			if strings.HasPrefix(q.Question[0].Name, "badcookie") {
+				m.Rcode = mdns.RcodeBadCookie // extended rcode: needs OPT
+			}
+		}
+		return m
+	})
+	ts := startServer(t, Config{Upstreams: []string{up.addr}})
+	if r := ask(t, "udp", ts.udpAddr, query("plain.example.", mdns.TypeA)); r.IsEdns0() != nil || len(r.Answer) != 1 {
+		t.Fatalf("non-EDNS client got OPT: %v", r)
+	}
+	q := query("edns.example.", mdns.TypeA)
+	q.SetEdns0(1400, true)
+	r := ask(t, "udp", ts.udpAddr, q)
+	if opt := r.IsEdns0(); opt == nil || opt.UDPSize() != ourUDPSize || !opt.Do() {
+		t.Fatalf("EDNS client got no OPT (or a wrong one): %v", r)
+	}
+	// An extended rcode cannot be expressed without OPT: SERVFAIL.
+	if r := ask(t, "udp", ts.udpAddr, query("badcookie.example.", mdns.TypeA)); r.Rcode != mdns.RcodeServerFailure {
+		t.Fatalf("got %v", r)
+	}
+	// The upstream never sees the client's cookie, and gets a sane buffer size.
+	q2 := query("cookie.example.", mdns.TypeA)
+	q2.SetEdns0(512, false)
+	opt := q2.IsEdns0()
+	opt.Option = append(opt.Option, &mdns.EDNS0_COOKIE{Code: mdns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		&mdns.EDNS0_LOCAL{Code: 65001, Data: []byte{1, 2}})
+	ask(t, "udp", ts.udpAddr, q2)
+	uo := up.last().IsEdns0()
+	if uo == nil || uo.UDPSize() != ourUDPSize || len(uo.Option) != 1 || uo.Option[0].Option() != 65001 {
+		t.Fatalf("upstream OPT %v", uo)
+	}
+}
