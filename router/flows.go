@@ -1,9 +1,11 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,15 +164,21 @@ type flowTable struct {
 	max, maxPerClient int
 
 	mu        sync.Mutex
-	flows     map[*flow]struct{} // every live flow
-	evictable map[*flow]struct{} // the UDP/ICMP subset
-	perClient map[netip.Addr]int // live flows per client address
-	closed    bool               // no more adds
-	nextID    uint64             // last ID handed out
-	byProto   [ProtoICMP + 1]int // live flows per protocol
-	ended     uint64             // flows finished
+	flows     map[*flow]struct{}          // every live flow
+	evictable evictSet                    // the UDP/ICMP subset
+	perClient map[netip.Addr]*clientFlows // per client address
+	closed    bool                        // no more adds
+	nextID    uint64                      // last ID handed out
+	byProto   [ProtoICMP + 1]int          // live flows per protocol
+	ended     uint64                      // flows finished
 	// Byte and packet totals of finished flows.
 	bytesOut, bytesIn, packetsOut, packetsIn uint64
+}
+
+// clientFlows is one client's share of the table.
+type clientFlows struct {
+	n         int      // live flows
+	evictable evictSet // the client's UDP/ICMP flows
 }
 
 func newFlowTable(max, maxPerClient int) *flowTable {
@@ -178,8 +186,8 @@ func newFlowTable(max, maxPerClient int) *flowTable {
 		max:          max,
 		maxPerClient: maxPerClient,
 		flows:        make(map[*flow]struct{}),
-		evictable:    make(map[*flow]struct{}),
-		perClient:    make(map[netip.Addr]int),
+		evictable:    evictSet{flows: make(map[*flow]struct{})},
+		perClient:    make(map[netip.Addr]*clientFlows),
 	}
 }
 
@@ -200,54 +208,103 @@ func (t *flowTable) add(f *flow, now int64) (evicted []*flow, reason Refusal, ok
 	if t.closed {
 		return nil, RefusedClosing, false
 	}
-	if t.maxPerClient > 0 && t.perClient[client] >= t.maxPerClient {
-		v := t.victimLocked(now, client, true)
+	cf := t.perClient[client]
+	if cf != nil && t.maxPerClient > 0 && cf.n >= t.maxPerClient {
+		v := cf.evictable.victim(now)
 		if v == nil {
 			return nil, RefusedClientLimit, false
 		}
 		t.removeLocked(v)
 		evicted = append(evicted, v)
+		cf = t.perClient[client] // removeLocked may have dropped it
 	}
 	if t.max > 0 && len(t.flows) >= t.max {
-		v := t.victimLocked(now, netip.Addr{}, false)
+		// Not after a per-client eviction: that freed a global slot too.
+		v := t.evictable.victim(now)
 		if v == nil {
-			// Unreachable after a per-client eviction (that freed a global
-			// slot too), so evicted is empty here.
-			return evicted, RefusedSessionLimit, false
+			return nil, RefusedSessionLimit, false
 		}
 		t.removeLocked(v)
 		evicted = append(evicted, v)
+		cf = t.perClient[client]
+	}
+	if cf == nil {
+		cf = &clientFlows{evictable: evictSet{flows: make(map[*flow]struct{})}}
+		t.perClient[client] = cf
 	}
 	t.nextID++
 	f.id = t.nextID
 	t.flows[f] = struct{}{}
 	if f.evictable {
-		t.evictable[f] = struct{}{}
+		t.evictable.flows[f] = struct{}{}
+		cf.evictable.flows[f] = struct{}{}
 	}
-	t.perClient[client]++
+	cf.n++
 	t.byProto[f.proto]++
 	return evicted, 0, true
 }
 
-// victimLocked returns the least recently active evictable flow (of client,
-// if sameClient) idle for at least evictMinIdle, or nil. O(evictable flows);
-// it runs only at a cap.
-func (t *flowTable) victimLocked(now int64, client netip.Addr, sameClient bool) *flow {
-	var victim *flow
-	var oldest int64
-	for f := range t.evictable {
-		if sameClient && f.client.Addr() != client {
-			continue
-		}
-		last := f.last.Load()
-		if now-last < int64(evictMinIdle) {
-			continue
-		}
-		if victim == nil || last < oldest {
-			victim, oldest = f, last
+// evictSet is a set of evictable flows that finds eviction victims without
+// scanning the whole set on every call, which matters when a flood of new
+// flows meets a full table of 65536 sessions:
+//   - a scan keeps up to max(evictBatch, size/8) eligible flows, least
+//     recently active first, and later calls take from that queue (checking each is still
+//     in the set and still idle);
+//   - a scan that finds nothing eligible records the earliest clock value at
+//     which a member could become eligible (activity only moves forward and
+//     new members start at "now"), and no scan happens before then.
+type evictSet struct {
+	flows     map[*flow]struct{}
+	queue     []*flow // candidates from the last scan, least recently active first
+	idleUntil int64   // no member can be eligible before this clock value
+}
+
+const evictBatch = 256 // minimum candidates kept per scan
+
+// victim returns the least recently active member idle for at least
+// evictMinIdle, or nil. (Queued candidates were the least recently active
+// at scan time; a flow that was idle then and has stayed idle is still
+// older than any flow active since.)
+func (e *evictSet) victim(now int64) *flow {
+	for len(e.queue) > 0 {
+		f := e.queue[0]
+		e.queue[0] = nil
+		e.queue = e.queue[1:]
+		if _, ok := e.flows[f]; ok && now-f.last.Load() >= int64(evictMinIdle) {
+			return f
 		}
 	}
-	return victim
+	if now < e.idleUntil {
+		return nil
+	}
+	type cand struct {
+		f    *flow
+		last int64
+	}
+	var cands []cand
+	minLast := now
+	for f := range e.flows {
+		last := f.last.Load()
+		if now-last >= int64(evictMinIdle) {
+			cands = append(cands, cand{f, last})
+		} else {
+			minLast = min(minLast, last)
+		}
+	}
+	if len(cands) == 0 {
+		e.idleUntil = minLast + int64(evictMinIdle)
+		return nil
+	}
+	slices.SortFunc(cands, func(a, b cand) int { return cmp.Compare(a.last, b.last) })
+	// Keep a batch proportional to the set so that the O(n log n) scan is
+	// amortized over n/8 evictions.
+	batch := max(evictBatch, len(e.flows)/8)
+	cands = cands[:min(len(cands), batch+1)]
+	e.queue = e.queue[:0]
+	for _, c := range cands[1:] {
+		e.queue = append(e.queue, c.f)
+	}
+	return cands[0].f
 }
 
 // remove takes f out of the table; it reports false if f was not in it
@@ -263,12 +320,13 @@ func (t *flowTable) removeLocked(f *flow) bool {
 		return false
 	}
 	delete(t.flows, f)
-	delete(t.evictable, f)
+	delete(t.evictable.flows, f)
 	client := f.client.Addr()
-	if n := t.perClient[client] - 1; n > 0 {
-		t.perClient[client] = n
-	} else {
-		delete(t.perClient, client)
+	if cf := t.perClient[client]; cf != nil {
+		delete(cf.evictable.flows, f)
+		if cf.n--; cf.n <= 0 {
+			delete(t.perClient, client)
+		}
 	}
 	t.byProto[f.proto]--
 	return true
@@ -340,5 +398,8 @@ func (t *flowTable) stats() tableStats {
 func (t *flowTable) clientCount(a netip.Addr) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.perClient[a]
+	if cf := t.perClient[a]; cf != nil {
+		return cf.n
+	}
+	return 0
 }

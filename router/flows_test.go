@@ -194,3 +194,80 @@ func TestRateLogger(t *testing.T) {
 		t.Error("wrote a Debug line with an Info handler")
 	}
 }
+
+func TestEvictSetQueueAndWatermark(t *testing.T) {
+	sec := int64(time.Second)
+	e := evictSet{flows: make(map[*flow]struct{})}
+	const n = 1000
+	fs := make([]*flow, n)
+	for i := range fs {
+		// flow i was last active at i ms.
+		fs[i] = testFlow(ProtoUDP, "10.0.0.1:1", "1.1.1.1:53", int64(i)*int64(time.Millisecond))
+		e.flows[fs[i]] = struct{}{}
+	}
+	now := 10 * sec // all idle ≥ 9 s
+	// Victims come out least recently active first, across queue refills.
+	for i := range n {
+		v := e.victim(now)
+		if v != fs[i] {
+			t.Fatalf("victim %d: got flow last=%d, want flow %d", i, v.last.Load(), i)
+		}
+		delete(e.flows, v)
+	}
+	if v := e.victim(now); v != nil {
+		t.Fatal("victim from an empty set")
+	}
+	// A queued candidate that became active is skipped.
+	e = evictSet{flows: make(map[*flow]struct{})}
+	a := testFlow(ProtoUDP, "10.0.0.1:1", "1.1.1.1:53", 0)
+	b := testFlow(ProtoUDP, "10.0.0.1:2", "1.1.1.1:53", 1)
+	c := testFlow(ProtoUDP, "10.0.0.1:3", "1.1.1.1:53", 2)
+	for _, f := range []*flow{a, b, c} {
+		e.flows[f] = struct{}{}
+	}
+	if v := e.victim(now); v != a {
+		t.Fatal("want a")
+	}
+	delete(e.flows, a)
+	b.touch(now) // b is queued but active now
+	if v := e.victim(now); v != c {
+		t.Fatalf("want c (b is active), got %v", v)
+	}
+	delete(e.flows, c)
+	// Only b is left, active at now: nothing eligible until now+1s, and no
+	// scan happens before then (the watermark).
+	if v := e.victim(now + sec/2); v != nil {
+		t.Fatal("young flow evicted")
+	}
+	if e.idleUntil != now+sec {
+		t.Fatalf("idleUntil = %d, want %d", e.idleUntil, now+sec)
+	}
+	if v := e.victim(now + sec); v != b {
+		t.Fatal("b not evicted once idle")
+	}
+}
+
+func BenchmarkFlowTableAddAtCap(b *testing.B) {
+	const n = 65536
+	tab := newFlowTable(n, n)
+	sec := int64(time.Second)
+	for i := range n {
+		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 1000)
+		tab.add(&flow{proto: ProtoUDP, evictable: true, client: c}, 0)
+	}
+	now := 10 * sec
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		// Each new flow evicts the least recently active idle one.
+		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 1000)
+		f := &flow{proto: ProtoUDP, evictable: true, client: c}
+		f.last.Store(now)
+		if _, why, ok := tab.add(f, now); !ok {
+			// All remaining flows are fresh: move time on.
+			now += 2 * sec
+			if _, why, ok = tab.add(f, now); !ok {
+				b.Fatal(why)
+			}
+		}
+	}
+}
