@@ -59,6 +59,8 @@ set -euo pipefail
 : "${LAB_DNS_ZONE:=lab.test}"
 : "${LAB_HUB_LOGS:=on}"                  # on: SoftEther defaults; off: security/packet logs + SecureNAT log off
 : "${LAB_OFFLOAD_OFF:=1}"
+: "${LAB_BRIDGE_TAP:=0}"                 # 0: local bridge on the veth itself (BridgeCreate /TAP:no);
+                                         # 1: /TAP:yes (tap_lab, tap_snat) joined with the veth by a Linux bridge
 : "${LAB_START_TIMEOUT:=30}"             # seconds for vpnserver to listen / accept admin
 : "${LAB_STOP_TIMEOUT:=15}"              # seconds for vpnserver to exit on SIGTERM before SIGKILL
 : "${LAB_VPNCMD_TIMEOUT:=20}"            # seconds per vpncmd call
@@ -236,6 +238,16 @@ net_up() {
 	done
 	ip -n "$NS_HUB" link set vb-lab up; offload_off "$NS_HUB" vb-lab
 	ip -n "$NS_HUB" link set vb-snat up; offload_off "$NS_HUB" vb-snat
+	local b
+	if [ "$LAB_BRIDGE_TAP" = 1 ]; then # Linux bridges that join SoftEther's tap devices to the veths
+		for b in lab snat; do
+			ip -n "$NS_HUB" link show "br-$b" >/dev/null 2>&1 || ip -n "$NS_HUB" link add "br-$b" type bridge
+			ip -n "$NS_HUB" link set "vb-$b" master "br-$b"
+			ip -n "$NS_HUB" link set "br-$b" up
+		done
+	else
+		for b in lab snat; do ip -n "$NS_HUB" link del "br-$b" >/dev/null 2>&1 || true; done
+	fi
 	# the router namespace: wide ephemeral range; ICMP echo sockets for every gid
 	# (so an unprivileged acrouter can ping without CAP_NET_RAW)
 	in_ns "$NS_RTR" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.ping_group_range="0 2147483647"
@@ -451,13 +463,36 @@ server_configure() {
 	for u in "$LAB_ROUTER_USER" "$LAB_CLIENT_USER" "$LAB_NOBRIDGE_USER"; do
 		grep -qx "$u" <<<"$users" || die "user $u missing in hub $LAB_HUB after configure (see $LOGS/configure.log)"
 	done
+	# local bridges: exactly one per hub, of the wanted kind (a config from the other mode is replaced)
+	local want_lab=vb-lab want_snat=vb-snat tap=no row hub dev
+	[ "$LAB_BRIDGE_TAP" = 1 ] && want_lab=lab want_snat=snat tap=yes
 	bridges=$(vc_ok /CSV /CMD BridgeList | sed 1d)
-	for h in "$LAB_HUB:vb-lab" "$LAB_SNAT_HUB:vb-snat"; do
-		grep -q "^[0-9]*,${h%%:*},${h#*:}," <<<"$bridges" || {
-			vc_ok /CMD BridgeCreate "${h%%:*}" "/DEVICE:${h#*:}" /TAP:no >/dev/null; log "local bridge ${h%%:*} <-> $NS_HUB/${h#*:}"; }
+	while IFS=, read -r _ hub dev _; do
+		[ -n "$hub" ] || continue
+		case "$hub:$dev" in "$LAB_HUB:$want_lab" | "$LAB_SNAT_HUB:$want_snat") continue ;; esac
+		if [ "$hub" = "$LAB_HUB" ] || [ "$hub" = "$LAB_SNAT_HUB" ]; then
+			vc_ok /CMD BridgeDelete "$hub" "/DEVICE:$dev" >/dev/null; log "deleted local bridge $hub <-> $dev"
+		fi
+	done <<<"$bridges"
+	for row in "$LAB_HUB:$want_lab" "$LAB_SNAT_HUB:$want_snat"; do
+		grep -q "^[0-9]*,${row%%:*},${row#*:}," <<<"$bridges" || {
+			vc_ok /CMD BridgeCreate "${row%%:*}" "/DEVICE:${row#*:}" "/TAP:$tap" >/dev/null; log "local bridge ${row%%:*} <-> ${row#*:} (tap: $tap)"; }
 	done
 	vc /CMD Flush >/dev/null 2>&1 || true
 	wait_bridges
+	attach_taps
+}
+attach_taps() { # TAP mode: put vpnserver's tap_lab/tap_snat (re-created at every start) into the Linux bridges
+	[ "$LAB_BRIDGE_TAP" = 1 ] || return 0
+	local b t0=$SECONDS
+	for b in lab snat; do
+		until ip -n "$NS_HUB" link show "tap_$b" >/dev/null 2>&1; do
+			((SECONDS - t0 < 10)) || die "vpnserver did not create tap_$b in $NS_HUB"
+			sleep 0.05
+		done
+		ip -n "$NS_HUB" link set "tap_$b" master "br-$b" up
+		offload_off "$NS_HUB" "tap_$b"
+	done
 }
 wait_bridges() {
 	local t0=$SECONDS st
@@ -636,6 +671,7 @@ cmd_restart_server() {
 	server_start
 	admin_login
 	wait_bridges
+	attach_taps
 	log "restart-server: stop $((t1 - t0)) ms, start+ready $(($(now_ms) - t1)) ms"
 }
 cmd_kill_conns() { # [PEER_IP[:PORT]|all] [server|client]: destroy (ss -K) TCP connections to :$LAB_PORT
