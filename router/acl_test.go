@@ -196,3 +196,36 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("MaxSessionsPerClient default with MaxSessions 10 = %d", c.MaxSessionsPerClient)
 	}
 }
+
+// FuzzParseRule: config text never panics the parser, and every rule it
+// accepts is valid and survives String → ParseRule unchanged.
+func FuzzParseRule(f *testing.F) {
+	for _, s := range []string{
+		"deny tcp to 10.0.0.0/8 port 22",
+		"allow udp from 192.168.30.0/24 to 8.8.8.8 port 53",
+		"deny any to 169.254.169.254",
+		"allow icmp from fd00::/8",
+		"deny tcp port 1-65535",
+		"deny to ::ffff:10.0.0.0/104",
+		"permit",
+		"deny tcp to",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseRule(s)
+		if err != nil {
+			if r != (Rule{}) {
+				t.Fatalf("error with a non-zero rule: %+v", r)
+			}
+			return
+		}
+		if err := r.validate(); err != nil {
+			t.Fatalf("ParseRule(%q) accepted an invalid rule %+v: %v", s, r, err)
+		}
+		again, err := ParseRule(r.String())
+		if err != nil || again != r {
+			t.Fatalf("ParseRule(%q) = %+v; String %q re-parses as %+v, %v", s, r, r.String(), again, err)
+		}
+	})
+}

@@ -381,3 +381,15 @@ func (r *Router) Stats() Stats {
 	}
 	return s
 }
+
+// Config returns the configuration in effect, defaults filled in.
+func (r *Router) Config() Config {
+	c := r.cfg
+	c.Rules = slices.Clone(c.Rules)
+	return c
+}
+
+// ACL returns the rules in the order they are evaluated: DefaultDenyRules
+// (unless Config.NoDefaultDeny), then Config.Rules. A flow matching none is
+// allowed.
+func (r *Router) ACL() []Rule { return slices.Clone(r.acl.rules) }

@@ -49,6 +49,16 @@ func TestTCPEchoAndNATLog(t *testing.T) {
 		fl[0].BytesOut != uint64(len(msg)) || fl[0].BytesIn != uint64(len(msg)) || fl[0].State != StateOpen {
 		t.Fatalf("Flows() = %+v", fl)
 	}
+	if f := fl[0]; f.ID != 1 || f.Created.IsZero() || f.Age < 0 || f.LastActivity.Before(f.Created) ||
+		time.Since(f.LastActivity) > waitLimit || f.PacketsOut == 0 || f.PacketsIn == 0 {
+		t.Fatalf("Flows() times/counters: %+v", f)
+	}
+	if acl := r.ACL(); len(acl) != 0 {
+		t.Errorf("ACL() with NoDefaultDeny and no rules = %v", acl)
+	}
+	if c := r.Config(); c.MaxSessions != DefaultMaxSessions || !c.NATLog {
+		t.Errorf("Config() = %+v", c)
+	}
 	client.CloseWrite()
 	expectEOF(t, client)
 	waitFor(t, "flow to close", func() bool { return r.Stats().FlowsClosed == 1 })
