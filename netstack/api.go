@@ -141,7 +141,9 @@ type Stats struct {
 	ICMPErrorsSent                        uint64 // unreachable/time-exceeded messages we crafted
 	ICMPErrorsLimited                     uint64 // ... not sent: over the stack's ICMP rate limit
 
-	// From gVisor's stack statistics.
+	// From gVisor's stack statistics. UDPUnknownPort counts datagrams that
+	// matched no socket, which includes the first datagram of every
+	// forwarded flow (gVisor counts before asking the forwarder).
 	TCPActiveOpens, TCPPassiveOpens, TCPEstablished uint64
 	TCPFailedAttempts, TCPRetransmits, TCPTimeouts  uint64
 	TCPSegmentsIn, TCPSegmentsOut, TCPResetsSent    uint64

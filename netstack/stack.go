@@ -278,7 +278,6 @@ func (st *Stack) Close() error {
 			}
 		}
 		<-st.ep.readerDone
-		st.s.Destroy()
 	})
 	return err
 }
