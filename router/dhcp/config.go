@@ -96,6 +96,10 @@ type Config struct {
 	// OfferHold is how long an OFFERed address stays reserved for the client
 	// that was offered it. Default DefaultOfferHold (60 s).
 	OfferHold time.Duration
+	// OnChange, if set, is called after a lease is bound, renewed, released
+	// or declined (e.g. to publish host names in DNS via Leases). It runs on
+	// the server goroutine without locks held and must not block.
+	OnChange func()
 	// Logger receives log lines; nil discards. Noisy lines are rate-limited.
 	Logger *slog.Logger
 	// Now returns the current time (tests). Default time.Now.

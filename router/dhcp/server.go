@@ -391,13 +391,14 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 	} else if !s.pool.usable(target, key, mac, now) {
 		reason = "address not available"
 	}
-	var l *lease
+	var hostname string
 	var renewed bool
 	if reason == "" {
 		old := s.pool.byKey[key]
 		renewed = old != nil && old.ip == target && old.state == StateBound && old.active(now)
-		l = s.pool.bind(key, append(net.HardwareAddr(nil), req.ClientHWAddr...), cid, target,
+		l := s.pool.bind(key, append(net.HardwareAddr(nil), req.ClientHWAddr...), cid, target,
 			sanitizeHostname(req.HostName()), now)
+		hostname = l.hostname
 	}
 	s.mu.Unlock()
 
@@ -409,10 +410,10 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 	if renewed {
 		s.log.Debug("dhcp: lease renewed", "mac", mac, "ip", u2a(target))
 	} else {
-		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", l.hostname, "lease", s.d.leaseTime)
+		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", hostname, "lease", s.d.leaseTime)
 	}
+	s.changed()
 	s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, true), s.replyDest(req, false), &s.c.ack)
-	s.markDirty()
 }
 
 func (s *Server) handleDecline(req *dhcpv4.DHCPv4) {
@@ -437,7 +438,7 @@ func (s *Server) handleDecline(req *dhcpv4.DHCPv4) {
 	s.c.declined.Add(1)
 	s.log.Warn("dhcp: client declined address (conflict); quarantined", "mac", req.ClientHWAddr.String(),
 		"ip", u2a(ip), "for", s.d.quarantine)
-	s.markDirty()
+	s.changed()
 }
 
 func (s *Server) handleRelease(req *dhcpv4.DHCPv4) {
@@ -451,7 +452,7 @@ func (s *Server) handleRelease(req *dhcpv4.DHCPv4) {
 	s.mu.Unlock()
 	if changed {
 		s.log.Info("dhcp: lease released", "mac", req.ClientHWAddr.String(), "ip", u2a(ip))
-		s.markDirty()
+		s.changed()
 	}
 }
 
@@ -487,6 +488,14 @@ func (s *Server) send(req, m *dhcpv4.DHCPv4, to net.Addr, counter *atomic.Uint64
 	if err != nil && !s.isClosed() {
 		s.c.writeErr.Add(1)
 		s.rl.warn(s.log, "write", "dhcp: send failed", "to", to.String(), "err", err)
+	}
+}
+
+// changed schedules a state save and tells Config.OnChange.
+func (s *Server) changed() {
+	s.markDirty()
+	if s.cfg.OnChange != nil {
+		s.cfg.OnChange()
 	}
 }
 

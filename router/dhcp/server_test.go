@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,7 +150,10 @@ func TestRenewAndRebind(t *testing.T) {
 }
 
 func TestReleaseThenSameIP(t *testing.T) {
-	h := start(t, baseConfig())
+	cfg := baseConfig()
+	var changes atomic.Int32
+	cfg.OnChange = func() { changes.Add(1) }
+	h := start(t, cfg)
 	first := h.dora(1).YourIPAddr
 	h.dora(2)
 	rel, _ := dhcpv4.NewReleaseFromACK(&dhcpv4.DHCPv4{YourIPAddr: first, ClientHWAddr: mac(1),
@@ -164,6 +168,9 @@ func TestReleaseThenSameIP(t *testing.T) {
 	}
 	if h.srv.Stats().Release != 1 {
 		t.Error("release not counted")
+	}
+	if n := changes.Load(); n != 5 { // 4 binds + 1 release
+		t.Errorf("OnChange called %d times, want 5", n)
 	}
 }
 
