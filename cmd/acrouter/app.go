@@ -115,6 +115,11 @@ func runRouter(ctx context.Context, argv []string, cfg config, set settings, lev
 	log.Info("acrouter starting", "version", version, "server", cfg.Hub.Server, "hub", cfg.Hub.Hub,
 		"user", cfg.Hub.User, "router_ip", set.RouterPrefix.String(), "router_mac", mac.String(), "state_dir", string(state))
 
+	if limit, warn := checkFDLimit(cfg.Router.MaxSessions); warn != "" {
+		log.Warn(warn)
+	} else {
+		log.Debug("open-file limit", "limit", limit, "max_sessions", cfg.Router.MaxSessions)
+	}
 	a, err := startApp(ctx, cfg, set, linkConfig(cfg, state, password, log), state, mac, log, nil)
 	if err != nil {
 		return err

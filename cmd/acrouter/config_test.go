@@ -175,3 +175,14 @@ func TestStateDirKeepsMAC(t *testing.T) {
 		t.Errorf("corrupt MAC file: err = %v", err)
 	}
 }
+
+func TestFDLimitWarning(t *testing.T) {
+	limit, warn := checkFDLimit(1)
+	if limit == 0 || warn != "" {
+		t.Fatalf("one session must fit: limit %d, %q", limit, warn)
+	}
+	over := int(limit) // limit sessions plus the reserve cannot fit
+	if _, warn := checkFDLimit(over); !strings.Contains(warn, "open-file limit") || !strings.Contains(warn, "fd-limit") {
+		t.Fatalf("warning %q", warn)
+	}
+}
