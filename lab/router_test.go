@@ -334,3 +334,44 @@ func TestRouterInterop(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckCommandInterop(t *testing.T) {
+	ctx := testCtx(t, 2*time.Minute)
+	bin, err := lab.Build(ctx, "github.com/acrouter/acrouter/cmd/acrouter", "acrouter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := lab.UnprivilegedDir("acrouter-check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid, err := unprivIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(password string) (string, error) {
+		pw := filepath.Join(dir, "password")
+		if err := os.WriteFile(pw, []byte(password), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(pw, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		return lab.Exec(ctx, lab.NSRtr, "setpriv", fmt.Sprintf("--reuid=%d", uid), fmt.Sprintf("--regid=%d", gid), "--clear-groups",
+			"--inh-caps=-all", "--", bin, "check", "--server", lab.Server, "--hub", lab.Hub, "--user", lab.RouterUser,
+			"--password-file", pw, "--state-dir", filepath.Join(dir, "state"))
+	}
+	out, err := check(lab.RouterPassword)
+	if err != nil || !strings.Contains(out, "verdict: acrouter can run") || !strings.Contains(out, "bridge/routing mode granted: true") {
+		t.Fatalf("check with the right password: %v\n%s", err, out)
+	}
+	t.Logf("acrouter check:\n%s", out)
+	out, err = check("wrong-password")
+	if err == nil || !strings.Contains(out, "FAILED") || !strings.Contains(strings.ToLower(out), "password") {
+		t.Fatalf("check with a wrong password: err=%v\n%s", err, out)
+	}
+	if strings.Contains(out, "wrong-password") {
+		t.Fatalf("the password appears in the output:\n%s", out)
+	}
+	t.Logf("wrong password: %s", strings.TrimSpace(lastLines(out, 1)))
+}
