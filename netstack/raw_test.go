@@ -333,8 +333,8 @@ func TestUDPRejectPortUnreachable(t *testing.T) {
 	r := newRaw(t, netstack.Config{})
 	reqs := make(chan *netstack.UDPRequest, 4)
 	r.st.SetUDPHandler(func(q *netstack.UDPRequest) {
-		reqs <- q
 		q.Reject(netstack.RejectRST) // means port unreachable for UDP
+		reqs <- q                    // after Reject: the counters are final
 	})
 	src, dst := netip.AddrPortFrom(hostIP, 5353), netip.AddrPortFrom(foreign, 9999)
 	dg := udpFrame(routerMAC, hostMAC, src, dst, []byte("hello"))
