@@ -577,7 +577,8 @@ cmd_down() {
 		for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
 		ip netns del "$ns" || log "warning: could not delete netns $ns"
 	done
-	rm -rf "$NETNS_ETC"; rmdir /etc/netns 2>/dev/null || true
+	for ns in "${ALL_NS[@]}"; do rm -rf "/etc/netns/$ns"; done
+	rmdir /etc/netns 2>/dev/null || true
 	n=0; for ns in "${ALL_NS[@]}"; do ns_exists "$ns" && n=$((n + 1)); done
 	[ $n = 0 ] || die "down: $n namespaces left"
 	log "down in $(($(now_ms) - t0)) ms"
@@ -649,6 +650,13 @@ cmd_dhcp() {
 		-i eth0 -t "$LAB_DHCP_TIMEOUT" -T 1 -A 1 -s "$LAB_STATE/bin/udhcpc.sh" >"$LOGS/udhcpc-$which.log" 2>&1 || rc=$?
 	[ $rc = 0 ] && [ -s "$lease" ] || die "no DHCP lease on $ns/eth0 within ${LAB_DHCP_TIMEOUT}s: $(tail -3 "$LOGS/udhcpc-$which.log")"
 	echo "LEASE_ELAPSED_MS=$(($(now_ms) - t0))" >>"$lease"
+	# like a DHCP client's resolvconf hook: `ip netns exec $ns` then resolves through the lease's DNS
+	local dns domain
+	dns=$(sed -n 's/^LEASE_DNS=//p' "$lease"); domain=$(sed -n 's/^LEASE_DOMAIN=//p' "$lease")
+	if [ -n "$dns" ]; then
+		mkdir -p "/etc/netns/$ns"
+		{ [ -n "$domain" ] && echo "search $domain"; for d in $dns; do echo "nameserver $d"; done; } >"/etc/netns/$ns/resolv.conf"
+	fi
 	cat "$lease"
 }
 cmd_static() { # clab|csnat [IP/PFX [GW]]
