@@ -48,6 +48,12 @@ func (st *Stack) ListenUDP(port uint16) (net.PacketConn, error) {
 // 255.255.255.255:67 as well as unicast renewals, and WriteTo
 // 255.255.255.255:68 (or a unicast address) sends from the router address.
 // Only one may be open at a time.
+//
+// Known limitation: because the socket is bound to the unspecified address
+// and the NIC accepts every destination, a unicast datagram from a client to
+// port 67 of a foreign host also arrives here instead of going to the UDP
+// handler (clients do not normally talk to remote DHCP servers through a
+// NAT).
 func (st *Stack) ListenDHCP() (net.PacketConn, error) {
 	if st.closed.Load() {
 		return nil, fmt.Errorf("netstack: listen dhcp: %w", net.ErrClosed)
