@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/acrouter/acrouter/vpnlink"
 	"github.com/acrouter/acrouter/vpnlink/vpnlinktest"
@@ -52,9 +54,32 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("port got %q, %v", buf[:n], err)
 	}
 	h.DropConnections() // exercise the reconnect path too
-	c.WriteFrames([][]byte{f})
-	if n, err := port.ReadFrame(buf); err != nil || !bytes.Equal(buf[:n], f) {
-		t.Fatalf("after reconnect port got %q, %v", buf[:n], err)
+	// A frame written while the loss is not yet noticed is lost in flight;
+	// keep sending until one arrives after the resume (bounded).
+	got := make(chan error, 1)
+	go func() {
+		n, err := port.ReadFrame(buf)
+		if err == nil && !bytes.Equal(buf[:n], f) {
+			err = fmt.Errorf("got %q", buf[:n])
+		}
+		got <- err
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+wait:
+	for {
+		c.WriteFrames([][]byte{f})
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+			break wait
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("no frame after reconnect: %+v", c.Status())
+		}
 	}
 	c.Close()
 	h.Close()
