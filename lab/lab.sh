@@ -118,9 +118,16 @@ daemon() { # name ns cmd...: start a long-running service in ns (no-op when it r
 	local name="$1" ns="$2"; shift 2
 	pid_of "$name" >/dev/null && return 0
 	ip netns exec "$ns" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
-	local pid=$! i
-	record "$name" "$pid"
-	for ((i = 0; i < 3; i++)); do sleep 0.05; alive "$pid" || die "$name exited at once: $(tail -3 "$LOGS/$name.log")"; done
+	record "$name" "$!"
+	STARTED+=("$name")
+}
+STARTED=()
+check_started() { # the daemons started by this run are still alive a moment later
+	[ ${#STARTED[@]} -gt 0 ] || return 0
+	sleep 0.15
+	local n
+	for n in "${STARTED[@]}"; do pid_of "$n" >/dev/null || die "$n exited at once: $(tail -3 "$LOGS/$n.log")"; done
+	STARTED=()
 }
 
 # ------------------------------------------------------------------ packages --
@@ -276,6 +283,7 @@ lan_up() {
 		--pid-file="$LAB_STATE/dnsmasq.pid" --cache-size=0 --local="/$LAB_DNS_ZONE/" \
 		--host-record="www.$LAB_DNS_ZONE,$LAN_IP" --host-record="lan.$LAB_DNS_ZONE,$LAN_IP" \
 		--host-record="router.$LAB_DNS_ZONE,$RTR_IP" --host-record="hub.$LAB_DNS_ZONE,$HUB_IP" "${txt[@]}"
+	check_started
 }
 wait_listen() { # ns proto addr:port seconds
 	local t0=$SECONDS f=-Hltn; [ "$2" = udp ] && f=-Hlun

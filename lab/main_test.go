@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -223,6 +224,32 @@ func TestHarness(t *testing.T) {
 		}
 		if strings.TrimSpace(out) != lab.LANIP.String() {
 			t.Fatalf("www.%s via SecureNAT DNS = %q, want %s", lab.DNSZone, out, lab.LANIP)
+		}
+	})
+	t.Run("DownAfterFailedUp", func(t *testing.T) {
+		// a second lab next to the shared one, whose vpnserver cannot start
+		ctx := testCtx(t, 60*time.Second)
+		prefix := fmt.Sprintf("acrf%d", os.Getpid())
+		state := t.TempDir()
+		t0 := time.Now()
+		_, err := Up(ctx, Options{Prefix: prefix, State: state, Env: []string{"LAB_VPNSERVER_BIN=/bin/false", "LAB_START_TIMEOUT=3"}})
+		if err == nil {
+			t.Fatal("lab.sh up succeeded with /bin/false as vpnserver")
+		}
+		t.Logf("up failed as expected after %v: %s", time.Since(t0).Round(time.Millisecond), lastLines(err.Error(), 1))
+		f := &Lab{Script: lab.Script, Prefix: prefix, State: state, logf: t.Logf,
+			base: append(os.Environ(), "LAB_PREFIX="+prefix, "LAB_STATE="+state)}
+		if err := f.Down(ctx); err != nil {
+			t.Fatal(err)
+		}
+		left, _ := filepath.Glob("/run/netns/" + prefix + "-*")
+		etc, _ := filepath.Glob("/etc/netns/" + prefix + "-*")
+		if len(left)+len(etc) != 0 {
+			t.Fatalf("left behind: %v %v", left, etc)
+		}
+		// the shared lab is untouched
+		if line, err := httpFirstLine(ctx, DialInNS(lab.NSRtr)); err != nil || line != lab.HTTPFirstLine {
+			t.Fatalf("shared lab broken after the second lab's down: %q %v", line, err)
 		}
 	})
 	t.Run("Unprivileged", func(t *testing.T) {
