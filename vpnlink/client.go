@@ -117,11 +117,12 @@ type Client struct {
 	// and a spare that the writer swaps in.
 	qmu            sync.Mutex
 	qbuf, qspare   []byte
-	qn, qbytes     int
+	qn             int
 	kick           chan struct{}
 	stats          stats
 	mu             sync.Mutex // guards st and session fields below
 	st             Status
+	changed        chan struct{} // closed and replaced on every state change
 	sessionKey     []byte
 	reconnectDelay func(attempt int, err error) time.Duration
 }
@@ -150,6 +151,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.reconnectDelay = c.backoff
 	rand.Read(c.uniqueID[:])
 	c.st = Status{State: StateConnecting, Server: cfg.Server, Hub: cfg.Hub, User: cfg.User}
+	c.changed = make(chan struct{})
 
 	w, wel, err := c.login(ctx)
 	if err != nil {
@@ -202,6 +204,7 @@ func (c *Client) established(w *wire, wel *welcome, reconnect bool) *link {
 	st.ConnectedSince = time.Now()
 	timeout := st.Timeout
 	session := st.SessionName
+	c.notifyLocked()
 	c.mu.Unlock()
 
 	how := "logged in"
@@ -239,7 +242,44 @@ func (c *Client) setErr(s State, err error) {
 	c.st.State = s
 	c.st.LastError = err
 	c.st.LastErrorAt = time.Now()
+	c.notifyLocked()
 	c.mu.Unlock()
+}
+
+// notifyLocked wakes Changed waiters; c.mu must be held.
+func (c *Client) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Changed returns a channel that is closed at the next change of State,
+// session or LastError. Typical use:
+//
+//	for st := c.Status(); !done(st); st = c.Status() {
+//		select { case <-ch: case <-ctx.Done(): ... }
+//	}
+//
+// (take the channel before reading Status to not miss a change).
+func (c *Client) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// WaitFor blocks until cond(Status) is true or ctx ends.
+func (c *Client) WaitFor(ctx context.Context, cond func(Status) bool) (Status, error) {
+	for {
+		ch := c.Changed()
+		st := c.Status()
+		if cond(st) {
+			return st, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st, ctx.Err()
+		}
+	}
 }
 
 // reconnect tries until it has a new link or the client is closed (nil).
@@ -405,6 +445,7 @@ func (c *Client) Close() error {
 		c.mu.Lock()
 		c.st.State = StateClosed
 		c.sessionKey = nil
+		c.notifyLocked()
 		c.mu.Unlock()
 		c.log.Info("vpnlink: closed")
 	})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -552,6 +553,53 @@ func TestBackoffGrowthAndCap(t *testing.T) {
 		synctest.Wait()
 		if st := c.Status(); st.State != vpnlink.StateConnected {
 			t.Fatalf("not reconnected: %+v", st)
+		}
+	})
+}
+
+func TestHandshakeTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var peers []net.Conn
+		defer func() {
+			for _, p := range peers {
+				p.Close()
+			}
+		}()
+		cfg := vpnlink.Config{Server: "silent.test:443", Hub: "DEFAULT", User: "alice", Password: "x", InsecureSkipVerify: true,
+			Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				a, b := net.Pipe() // nobody answers on b
+				peers = append(peers, b)
+				go io.Copy(io.Discard, b)
+				return a, nil
+			}}
+		start := time.Now()
+		_, err := vpnlink.Dial(context.Background(), cfg)
+		if !errors.Is(err, vpnlink.ErrTLS) || time.Since(start) != vpnlink.DefaultHandshakeTimeout {
+			t.Fatalf("err = %v after %v", err, time.Since(start))
+		}
+		// The caller's context bounds Dial too.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		start = time.Now()
+		if _, err = vpnlink.Dial(ctx, cfg); err == nil || time.Since(start) != 3*time.Second {
+			t.Fatalf("err = %v after %v", err, time.Since(start))
+		}
+	})
+}
+
+func TestWaitFor(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHub(t, vpnlinktest.Config{})
+		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		h.ExpireSessions()
+		st, err := c.WaitFor(context.Background(), func(st vpnlink.Status) bool { return st.Logins == 2 })
+		if err != nil || st.SessionName != "SID-ALICE-2" {
+			t.Fatalf("WaitFor = %+v, %v", st, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if _, err := c.WaitFor(ctx, func(st vpnlink.Status) bool { return false }); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("WaitFor timeout: %v", err)
 		}
 	})
 }

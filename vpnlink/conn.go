@@ -164,7 +164,7 @@ func (l *link) flush() bool {
 	}
 	batch := c.qbuf
 	c.qbuf, c.qspare = c.qspare[:4], nil
-	c.qn, c.qbytes = 0, 0
+	c.qn = 0
 	c.qmu.Unlock()
 
 	proto.PutBatchCount(batch, n)

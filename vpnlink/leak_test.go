@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -54,32 +53,16 @@ func TestNoGoroutineLeak(t *testing.T) {
 		t.Fatalf("port got %q, %v", buf[:n], err)
 	}
 	h.DropConnections() // exercise the reconnect path too
-	// A frame written while the loss is not yet noticed is lost in flight;
-	// keep sending until one arrives after the resume (bounded).
-	got := make(chan error, 1)
-	go func() {
-		n, err := port.ReadFrame(buf)
-		if err == nil && !bytes.Equal(buf[:n], f) {
-			err = fmt.Errorf("got %q", buf[:n])
-		}
-		got <- err
-	}()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(10 * time.Second)
-wait:
-	for {
-		c.WriteFrames([][]byte{f})
-		select {
-		case err := <-got:
-			if err != nil {
-				t.Fatal(err)
-			}
-			break wait
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("no frame after reconnect: %+v", c.Status())
-		}
+	// A frame written while the loss is not yet noticed is lost in flight:
+	// wait for the resume first.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st, err := c.WaitFor(ctx, func(st vpnlink.Status) bool { return st.Resumes == 1 && st.State == vpnlink.StateConnected }); err != nil {
+		t.Fatalf("no resume: %+v", st)
+	}
+	c.WriteFrames([][]byte{f})
+	if n, err := port.ReadFrame(buf); err != nil || !bytes.Equal(buf[:n], f) {
+		t.Fatalf("after reconnect port got %q, %v", buf[:n], err)
 	}
 	c.Close()
 	h.Close()
