@@ -203,8 +203,9 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 			continue
 		}
 		f = f[:copyPacket(f, pkt)]
-		if pkt.NetworkProtocolNumber == header.ARPProtocolNumber {
-			e.rewriteARPSender(f)
+		if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
+			e.free = append(e.free, f[:cap(f)])
+			continue
 		}
 		e.queue = append(e.queue, f)
 		n++
@@ -301,20 +302,32 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 	return n
 }
 
-// rewriteARPSender makes outbound ARP requests carry the router address as
-// sender. With spoofing on, gVisor resolves a client's MAC using the
-// route's local address, which for a forwarded flow is the foreign address
-// (e.g. "who has 192.168.30.10, tell 1.2.3.4"); clients should only ever
-// learn the router's own IP-to-MAC binding from us.
-func (e *linkEndpoint) rewriteARPSender(f []byte) {
+// fixOutboundARP makes outbound ARP requests carry the router address as
+// sender. With spoofing on, gVisor resolves a client's MAC using the route's
+// local address, which for a forwarded flow is the foreign address ("who has
+// 192.168.30.10, tell 1.2.3.4"); clients should only ever learn the
+// router's own IP-to-MAC binding from us. It reports false for an ARP reply
+// claiming any other address (the inbound filter means gVisor should never
+// produce one; this is defence in depth, as gvisor-tap-vsock does), which
+// must not be sent.
+func (e *linkEndpoint) fixOutboundARP(f []byte) bool {
 	if len(f) < ethHeaderLen+header.ARPSize {
-		return
+		return true
 	}
 	a := header.ARP(f[ethHeaderLen:])
-	if !a.IsValid() || a.Op() != header.ARPRequest {
-		return
+	if !a.IsValid() {
+		return true
 	}
-	copy(a.ProtocolAddressSender(), e.addr.AsSlice())
+	switch a.Op() {
+	case header.ARPRequest:
+		copy(a.ProtocolAddressSender(), e.addr.AsSlice())
+	case header.ARPReply:
+		if tcpip.AddrFrom4Slice(a.ProtocolAddressSender()) != e.addr {
+			e.log.Debug("netstack: dropped a spoofed ARP reply", "ip", net.IP(a.ProtocolAddressSender()).String())
+			return false
+		}
+	}
+	return true
 }
 
 // writeLoop hands queued frames to the Link in batches until Close, then

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -65,5 +66,27 @@ func TestTCPOptions(t *testing.T) {
 	}
 	if rcv.Default != 1<<20 || rcv.Max != 8<<20 || snd.Default != 1<<20 || snd.Max != 6<<20 {
 		t.Errorf("buffers rcv %+v snd %+v", rcv, snd)
+	}
+}
+
+func TestFixOutboundARP(t *testing.T) {
+	st := newTestStack(t)
+	mk := func(op header.ARPOp, sender netip.Addr) []byte {
+		f := make([]byte, ethHeaderLen+header.ARPSize)
+		a := header.ARP(f[ethHeaderLen:])
+		a.SetIPv4OverEthernet()
+		a.SetOp(op)
+		copy(a.ProtocolAddressSender(), sender.AsSlice())
+		return f
+	}
+	req := mk(header.ARPRequest, fzForeign)
+	if !st.ep.fixOutboundARP(req) || netip.AddrFrom4([4]byte(header.ARP(req[ethHeaderLen:]).ProtocolAddressSender())) != fzRouter {
+		t.Error("request sender not rewritten to the router address")
+	}
+	if st.ep.fixOutboundARP(mk(header.ARPReply, fzForeign)) {
+		t.Error("spoofed ARP reply allowed")
+	}
+	if !st.ep.fixOutboundARP(mk(header.ARPReply, fzRouter)) {
+		t.Error("ARP reply for the router address dropped")
 	}
 }
