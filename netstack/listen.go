@@ -10,8 +10,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // dhcpServerPort is the BOOTP/DHCP server port (RFC 2131 §4.1).
@@ -43,35 +41,18 @@ func (st *Stack) ListenUDP(port uint16) (net.PacketConn, error) {
 	return c, nil
 }
 
-// ListenDHCP opens the DHCP server socket: UDP port 67 on any address with
-// broadcast enabled, so it receives requests from 0.0.0.0:68 to
-// 255.255.255.255:67 as well as unicast renewals, and WriteTo
-// 255.255.255.255:68 (or a unicast address) sends from the router address.
-// Only one may be open at a time.
-//
-// Known limitation: because the socket is bound to the unspecified address
-// and the NIC accepts every destination, a unicast datagram from a client to
-// port 67 of a foreign host also arrives here instead of going to the UDP
-// handler (clients do not normally talk to remote DHCP servers through a
-// NAT).
+// ListenDHCP opens the DHCP server socket on port 67: it receives
+// broadcasts (from 0.0.0.0:68 to 255.255.255.255:67) and unicast datagrams
+// to the router address, and WriteTo 255.255.255.255:68 (or a unicast
+// address) sends from the router address. Unicast datagrams to port 67 of
+// other addresses still go to the UDP handler. ReadFrom honours read
+// deadlines; Close waits for the socket's reader goroutines. Only one may be
+// open at a time.
 func (st *Stack) ListenDHCP() (net.PacketConn, error) {
 	if st.closed.Load() {
 		return nil, fmt.Errorf("netstack: listen dhcp: %w", net.ErrClosed)
 	}
-	var wq waiter.Queue
-	ep, terr := st.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-	if terr != nil {
-		return nil, fmt.Errorf("netstack: listen dhcp: %v", terr)
-	}
-	ep.SocketOptions().SetBroadcast(true)
-	// Bound to the NIC and the unspecified address, like a DHCP server
-	// socket on INADDR_ANY: it sees broadcasts, and replies use the NIC's
-	// primary (router) address as source.
-	if terr := ep.Bind(tcpip.FullAddress{NIC: nicID, Port: dhcpServerPort}); terr != nil {
-		ep.Close()
-		return nil, fmt.Errorf("netstack: listen dhcp :%d: %v", dhcpServerPort, terr)
-	}
-	return gonet.NewUDPConn(&wq, ep), nil
+	return st.listenDHCP()
 }
 
 // ProbeAddr reports whether ip (which must be inside Config.Addr's subnet and

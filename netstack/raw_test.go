@@ -3,8 +3,10 @@ package netstack_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -516,4 +518,51 @@ func TestMalformedFrames(t *testing.T) {
 	if s.UDPRequests != 0 || s.TCPRequests != 0 {
 		t.Errorf("malformed frames became flow requests: udp %d tcp %d", s.UDPRequests, s.TCPRequests)
 	}
+}
+
+// TestListenDHCPUnicastAndForeign: unicast renewals to the router reach the
+// DHCP socket; datagrams to port 67 of a foreign host go to the UDP handler;
+// deadlines and Close behave like a net.PacketConn.
+func TestListenDHCPUnicastAndForeign(t *testing.T) {
+	r := newRaw(t, netstack.Config{})
+	reqs := make(chan string, 4)
+	r.st.SetUDPHandler(func(q *netstack.UDPRequest) {
+		reqs <- q.Dst.String()
+		q.Reject(netstack.RejectPortUnreachable)
+	})
+	pc, err := r.st.ListenDHCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.LocalAddr().String() != "192.168.30.1:67" {
+		t.Errorf("LocalAddr %v", pc.LocalAddr())
+	}
+	client := netip.AddrPortFrom(hostIP, 68)
+	r.send(udpFrame(routerMAC, hostMAC, client, netip.AddrPortFrom(foreign, 67), []byte("to-foreign")))
+	r.send(udpFrame(routerMAC, hostMAC, client, netip.AddrPortFrom(routerIP, 67), []byte("RENEW")))
+	buf := make([]byte, 1500)
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, peer, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "RENEW" || peer.String() != client.String() {
+		t.Fatalf("ReadFrom: %q from %v, %v", buf[:n], peer, err)
+	}
+	if got := <-reqs; got != netip.AddrPortFrom(foreign, 67).String() {
+		t.Errorf("UDP handler got %s", got)
+	}
+	pc.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, _, err := pc.ReadFrom(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("ReadFrom past deadline: %v", err)
+	}
+	pc.SetReadDeadline(time.Time{})
+	readErr := make(chan error, 1)
+	go func() { _, _, err := pc.ReadFrom(buf); readErr <- err }()
+	pc.Close()
+	if err := <-readErr; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("ReadFrom after Close: %v", err)
+	}
+	pc2, err := r.st.ListenDHCP()
+	if err != nil {
+		t.Fatalf("ListenDHCP after Close: %v", err)
+	}
+	pc2.Close()
 }
