@@ -12,7 +12,7 @@ import (
 
 // countLink counts written frames and blocks reads until closed.
 type countLink struct {
-	captureLink
+	*captureLink
 	frames atomic.Uint64
 }
 
@@ -26,7 +26,7 @@ func (l *countLink) WriteFrames(f [][]byte) error {
 // to a socket) and outbound datagrams through WritePackets and the writer.
 func BenchmarkFrames(b *testing.B) {
 	newStack := func(b *testing.B) (*Stack, *countLink) {
-		l := &countLink{captureLink: *newCaptureLink()}
+		l := &countLink{captureLink: newCaptureLink()}
 		st, err := New(l, Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24")})
 		if err != nil {
 			b.Fatal(err)
