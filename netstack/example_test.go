@@ -33,14 +33,21 @@ func Example() {
 			r.Reject(netstack.RejectHostUnreachable) // or RejectRST for "refused"
 			return
 		}
+		defer up.Close()
 		down, err := r.Accept()
 		if err != nil {
-			up.Close()
 			return
 		}
-		go func() { io.Copy(up, down); up.(*net.TCPConn).CloseWrite() }()
+		defer down.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			io.Copy(up, down)
+			up.(*net.TCPConn).CloseWrite()
+		}()
 		io.Copy(down, up)
 		down.CloseWrite()
+		<-done
 	})
 	st.SetICMPEchoHandler(func(req netstack.EchoRequest) {
 		// Hand req to a worker that pings req.Dst; on a reply:
