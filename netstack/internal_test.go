@@ -1,7 +1,10 @@
 package netstack
 
 import (
+	"encoding/binary"
+	"log/slog"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,5 +91,55 @@ func TestFixOutboundARP(t *testing.T) {
 	}
 	if !st.ep.fixOutboundARP(mk(header.ARPReply, fzRouter)) {
 		t.Error("ARP reply for the router address dropped")
+	}
+}
+
+// orderLink records frames; WriteFrames is slow so the queue fills.
+type orderLink struct {
+	*captureLink
+	mu  sync.Mutex
+	got []uint32
+}
+
+func (l *orderLink) WriteFrames(frames [][]byte) error {
+	time.Sleep(50 * time.Microsecond) // a slow link (this is the condition under test, not a wait)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range frames {
+		l.got = append(l.got, binary.BigEndian.Uint32(f))
+	}
+	return nil
+}
+
+// TestWriteBackpressure: a sender that outruns the Link is slowed down, not
+// dropped, and frames keep their order across the writer goroutine and
+// senders that flush for themselves.
+func TestWriteBackpressure(t *testing.T) {
+	l := &orderLink{captureLink: newCaptureLink()}
+	var ctr linkCounters
+	e := newLinkEndpoint(l, tcpip.LinkAddress(fzRouterMAC), tcpip.AddrFrom4(fzRouter.As4()), 1500, slog.New(slog.DiscardHandler), &ctr)
+	e.start()
+	const n = 5 * writeQueueFrames
+	f := make([]byte, 60)
+	for i := uint32(0); i < n; i++ {
+		binary.BigEndian.PutUint32(f, i)
+		if err := e.enqueueFrames([][]byte{f}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Close()
+	<-e.writerDone
+	l.Close()
+	<-e.readerDone
+	if len(l.got) != n || ctr.dropQueueFull.Load() != 0 {
+		t.Fatalf("link got %d of %d frames, %d dropped", len(l.got), n, ctr.dropQueueFull.Load())
+	}
+	for i, v := range l.got {
+		if v != uint32(i) {
+			t.Fatalf("frame %d carries %d: reordered", i, v)
+		}
+	}
+	if err := e.enqueueFrames([][]byte{f}); err == nil {
+		t.Error("enqueue after Close succeeded")
 	}
 }
