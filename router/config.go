@@ -33,6 +33,11 @@ type Config struct {
 	// Over the cap a SYN is answered with an RST immediately
 	// (RefusedDialLimit). Default 1024.
 	MaxInFlightDials int
+	// MaxInFlightDialsPerClient caps one client's pending TCP dials, so that
+	// a single client dialing black holes cannot take every dial slot.
+	// Over the cap: RST at once (RefusedClientDialLimit). Default
+	// MaxInFlightDials/4 (at least 1).
+	MaxInFlightDialsPerClient int
 
 	// DialTimeout bounds a TCP dial to the destination. Default 10 s.
 	DialTimeout time.Duration
@@ -106,6 +111,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxInFlightDials == 0 {
 		c.MaxInFlightDials = DefaultMaxInFlightDials
 	}
+	if c.MaxInFlightDialsPerClient == 0 {
+		c.MaxInFlightDialsPerClient = max(1, c.MaxInFlightDials/4)
+	}
 	def(&c.DialTimeout, DefaultDialTimeout)
 	def(&c.TCPIdleTimeout, DefaultTCPIdleTimeout)
 	def(&c.TCPKeepAlive, DefaultTCPKeepAlive)
@@ -126,6 +134,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxInFlightDials < 0 {
 		errs = append(errs, fmt.Errorf("MaxInFlightDials %d is negative", c.MaxInFlightDials))
+	}
+	if c.MaxInFlightDialsPerClient < 0 {
+		errs = append(errs, fmt.Errorf("MaxInFlightDialsPerClient %d is negative", c.MaxInFlightDialsPerClient))
 	}
 	for name, d := range map[string]time.Duration{
 		"DialTimeout": c.DialTimeout, "TCPIdleTimeout": c.TCPIdleTimeout,

@@ -15,32 +15,34 @@ import (
 type Refusal uint8
 
 const (
-	RefusedACL          Refusal = iota // an ACL rule denied it
-	RefusedSessionLimit                // MaxSessions reached, nothing evictable
-	RefusedClientLimit                 // MaxSessionsPerClient reached, nothing evictable
-	RefusedDialLimit                   // MaxInFlightDials reached
-	RefusedFDLimit                     // the process ran out of file descriptors
-	RefusedConnRefused                 // the destination refused the connection
-	RefusedUnreachable                 // host or network unreachable
-	RefusedTimeout                     // the dial timed out
-	RefusedDialError                   // any other dial/socket error
-	RefusedAccept                      // the virtual side failed to complete (client gone)
-	RefusedClosing                     // the router is closing
+	RefusedACL             Refusal = iota // an ACL rule denied it
+	RefusedSessionLimit                   // MaxSessions reached, nothing evictable
+	RefusedClientLimit                    // MaxSessionsPerClient reached, nothing evictable
+	RefusedDialLimit                      // MaxInFlightDials reached
+	RefusedClientDialLimit                // MaxInFlightDialsPerClient reached
+	RefusedFDLimit                        // the process ran out of file descriptors
+	RefusedConnRefused                    // the destination refused the connection
+	RefusedUnreachable                    // host or network unreachable
+	RefusedTimeout                        // the dial timed out
+	RefusedDialError                      // any other dial/socket error
+	RefusedAccept                         // the virtual side failed to complete (client gone)
+	RefusedClosing                        // the router is closing
 	numRefusals
 )
 
 var refusalNames = [numRefusals]string{
-	RefusedACL:          "acl",
-	RefusedSessionLimit: "session-limit",
-	RefusedClientLimit:  "client-limit",
-	RefusedDialLimit:    "dial-limit",
-	RefusedFDLimit:      "fd-limit",
-	RefusedConnRefused:  "conn-refused",
-	RefusedUnreachable:  "unreachable",
-	RefusedTimeout:      "dial-timeout",
-	RefusedDialError:    "dial-error",
-	RefusedAccept:       "accept-failed",
-	RefusedClosing:      "closing",
+	RefusedACL:             "acl",
+	RefusedSessionLimit:    "session-limit",
+	RefusedClientLimit:     "client-limit",
+	RefusedDialLimit:       "dial-limit",
+	RefusedClientDialLimit: "client-dial-limit",
+	RefusedFDLimit:         "fd-limit",
+	RefusedConnRefused:     "conn-refused",
+	RefusedUnreachable:     "unreachable",
+	RefusedTimeout:         "dial-timeout",
+	RefusedDialError:       "dial-error",
+	RefusedAccept:          "accept-failed",
+	RefusedClosing:         "closing",
 }
 
 func (r Refusal) String() string {
@@ -178,6 +180,7 @@ type flowTable struct {
 // clientFlows is one client's share of the table.
 type clientFlows struct {
 	n         int      // live flows
+	dialing   int      // TCP dials in flight
 	evictable evictSet // the client's UDP/ICMP flows
 }
 
@@ -305,6 +308,27 @@ func (e *evictSet) victim(now int64) *flow {
 		e.queue = append(e.queue, c.f)
 	}
 	return cands[0].f
+}
+
+// beginDial counts a dial for f's client unless the client already has
+// max dials in flight. f must be in the table; call endDial after.
+func (t *flowTable) beginDial(f *flow, max int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cf := t.perClient[f.client.Addr()]
+	if cf == nil || cf.dialing >= max {
+		return false
+	}
+	cf.dialing++
+	return true
+}
+
+func (t *flowTable) endDial(f *flow) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cf := t.perClient[f.client.Addr()]; cf != nil {
+		cf.dialing--
+	}
 }
 
 // remove takes f out of the table; it reports false if f was not in it

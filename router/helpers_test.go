@@ -300,6 +300,16 @@ func (h *hangDialer) Dial(ctx context.Context, network, addr string) (net.Conn, 
 	return d.DialContext(ctx, network, addr)
 }
 
+// waitStarted waits (bounded) until a hanging dial has begun.
+func (h *hangDialer) waitStarted(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.started:
+	case <-time.After(waitLimit):
+		t.Fatal("the hanging dial did not start")
+	}
+}
+
 // waitFor polls cond (bounded) for state that has no channel to await,
 // such as counters updated by the router's goroutines.
 func waitFor(t *testing.T, what string, cond func() bool) {

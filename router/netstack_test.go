@@ -176,7 +176,7 @@ func TestNetDialCapHangingDialer(t *testing.T) {
 		_, err := h.DialTCP(ctx, netip.MustParseAddrPort("192.0.2.1:80"))
 		hung <- err
 	}()
-	<-hd.started
+	hd.waitStarted(t)
 	// The only dial slot is held by a black hole: the next SYN is refused
 	// at once instead of waiting behind it.
 	_, err := h.DialTCP(ctxT(t), netip.MustParseAddrPort("192.0.2.2:80"))

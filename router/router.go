@@ -209,7 +209,7 @@ func (r *Router) refuse(why Refusal, p Proto, client, dest netip.AddrPort, err e
 	level := slog.LevelInfo
 	msg := "nat refused"
 	switch why {
-	case RefusedSessionLimit, RefusedClientLimit, RefusedDialLimit:
+	case RefusedSessionLimit, RefusedClientLimit, RefusedDialLimit, RefusedClientDialLimit:
 		level = slog.LevelWarn
 	case RefusedFDLimit:
 		level = slog.LevelError
@@ -336,7 +336,7 @@ type Stats struct {
 	DialsInFlight                             int    // TCP dials pending now
 	// Refused counts refused new flows by reason (Refusal.String(): "acl",
 	// "session-limit", "client-limit", "dial-limit", "fd-limit",
-	// "conn-refused", "unreachable", "dial-timeout", "dial-error",
+	// "client-dial-limit", "conn-refused", "unreachable", "dial-timeout", "dial-error",
 	// "accept-failed", "closing"); every reason is present.
 	Refused      map[string]uint64
 	RefusedTotal uint64

@@ -32,7 +32,10 @@ type tcpRequest interface {
 // (*net.TCPConn).
 type halfCloser interface{ CloseWrite() error }
 
-var errDialLimit = errors.New("too many dials in flight (MaxInFlightDials)")
+var (
+	errDialLimit       = errors.New("too many dials in flight (MaxInFlightDials)")
+	errClientDialLimit = errors.New("too many dials in flight for this client (MaxInFlightDialsPerClient)")
+)
 
 func (r *Router) onTCP(req *netstack.TCPRequest) { r.handleTCP(req.Src, req.Dst, req) }
 
@@ -63,6 +66,8 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 		why, how := classifyDialError(err)
 		if errors.Is(err, errDialLimit) {
 			why, how = RefusedDialLimit, netstack.RejectRST
+		} else if errors.Is(err, errClientDialLimit) {
+			why, how = RefusedClientDialLimit, netstack.RejectRST
 		} else if f.ctx.Err() != nil {
 			why, how = RefusedClosing, netstack.RejectRST
 		}
@@ -89,13 +94,17 @@ func (r *Router) discard(f *flow) {
 	r.table.finish(f)
 }
 
-// dialTCP connects to f.dest within DialTimeout, under MaxInFlightDials.
+// dialTCP connects to f.dest within DialTimeout, under the dial caps.
 func (r *Router) dialTCP(f *flow) (net.Conn, error) {
 	n := r.dialsInFlight.Add(1)
 	defer r.dialsInFlight.Add(-1)
 	if n > int64(r.cfg.MaxInFlightDials) {
 		return nil, errDialLimit
 	}
+	if !r.table.beginDial(f, r.cfg.MaxInFlightDialsPerClient) {
+		return nil, errClientDialLimit
+	}
+	defer r.table.endDial(f)
 	ctx, cancel := context.WithTimeout(f.ctx, r.cfg.DialTimeout)
 	defer cancel()
 	return r.dial(ctx, "tcp", f.dest.String())

@@ -212,13 +212,13 @@ func TestTCPDialLimitDoesNotBlockOthers(t *testing.T) {
 	leakCheck(t)
 	blackhole := "192.0.2.1:80"
 	hd := &hangDialer{hang: map[string]bool{blackhole: true}, started: make(chan string, 8)}
-	r := newTestRouter(t, Config{NoDefaultDeny: true, MaxInFlightDials: 3, DialTimeout: time.Hour, Dial: hd.Dial}, nil)
+	r := newTestRouter(t, Config{NoDefaultDeny: true, MaxInFlightDials: 3, MaxInFlightDialsPerClient: 3, DialTimeout: time.Hour, Dial: hd.Dial}, nil)
 	bh := netip.MustParseAddrPort(blackhole)
 	var hanging []*fakeTCPReq
 	for i := range 2 {
 		_, req := startTCP(t, r, clientPort(i), bh)
 		hanging = append(hanging, req)
-		<-hd.started
+		hd.waitStarted(t)
 	}
 	// Two dials hang; a good destination still connects right away.
 	dst := tcpEchoServer(t)
@@ -233,7 +233,7 @@ func TestTCPDialLimitDoesNotBlockOthers(t *testing.T) {
 	// Fill the last slot, then one more: refused at once.
 	_, req3 := startTCP(t, r, clientPort(3), bh)
 	hanging = append(hanging, req3)
-	<-hd.started
+	hd.waitStarted(t)
 	if n := r.Stats().DialsInFlight; n != 3 {
 		t.Fatalf("DialsInFlight = %d", n)
 	}
@@ -355,5 +355,36 @@ func TestFDLimitRefusesCleanly(t *testing.T) {
 	// Rate-limited: 4 refusals within a second make 1 line.
 	if n := strings.Count(logs, "out of file descriptors"); n != 1 {
 		t.Errorf("%d fd-limit log lines, want 1 (rate-limited)", n)
+	}
+}
+
+func TestTCPPerClientDialLimit(t *testing.T) {
+	leakCheck(t)
+	hd := &hangDialer{hang: map[string]bool{"192.0.2.1:80": true}, started: make(chan string, 4)}
+	r := newTestRouter(t, Config{NoDefaultDeny: true, MaxInFlightDials: 8, MaxInFlightDialsPerClient: 2, DialTimeout: time.Hour, Dial: hd.Dial}, nil)
+	bh := netip.MustParseAddrPort("192.0.2.1:80")
+	var hanging []*fakeTCPReq
+	for i := range 2 {
+		_, req := startTCP(t, r, clientPort(i), bh)
+		hanging = append(hanging, req)
+		hd.waitStarted(t)
+	}
+	// This client is at its cap: refused at once...
+	_, req := startTCP(t, r, clientPort(5), bh)
+	if got := req.wait(t); got != "rst" {
+		t.Fatalf("client over its dial cap: %s", got)
+	}
+	// ...while another client still gets through.
+	other := netip.MustParseAddrPort("192.168.30.99:1000")
+	_, req = startTCP(t, r, other, tcpEchoServer(t))
+	if got := req.wait(t); got != "accept" {
+		t.Fatalf("other client: %s", got)
+	}
+	if st := r.Stats(); st.Refused["client-dial-limit"] != 1 || st.Refused["dial-limit"] != 0 {
+		t.Errorf("Refused = %v", st.Refused)
+	}
+	r.Close()
+	for _, q := range hanging {
+		q.wait(t)
 	}
 }
