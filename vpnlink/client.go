@@ -213,12 +213,18 @@ func (c *Client) established(w *wire, wel *welcome, reconnect bool) *link {
 	}
 	c.log.Info("vpnlink: "+how, "session", session, "timeout", timeout,
 		"product", w.product, "build", w.build, "cert_sha256", w.certFP)
-	return c.startLink(w, timeout)
+	return c.startLink(w, timeout, wel == nil)
 }
+
+// A link that ends sooner than this after it started counts as a failed
+// attempt: the next reconnect waits the backoff instead of starting at once,
+// so a server that accepts and then drops connections is not hammered.
+const minHealthyLink = 10 * time.Second
 
 // run owns the live link and re-establishes it after a loss.
 func (c *Client) run(l *link) {
 	defer c.wg.Done()
+	flaps := 0
 	for {
 		select {
 		case <-l.done:
@@ -230,8 +236,24 @@ func (c *Client) run(l *link) {
 		l.wg.Wait()
 		lostAt := time.Now()
 		c.setErr(StateReconnecting, l.err)
-		c.log.Warn("vpnlink: connection lost", "session", c.Status().SessionName, "err", l.err)
-		if l = c.reconnect(lostAt, l.timeout); l == nil {
+		c.log.Warn("vpnlink: connection lost", "session", c.Status().SessionName, "after", lostAt.Sub(l.started).Round(time.Millisecond), "err", l.err)
+		if l.resumed && !l.gotData.Load() {
+			// SoftEther 5.01 was seen to accept additional_connect for a
+			// session whose connection had dropped and then to close the new
+			// socket at once; the session is then unusable: log in again.
+			c.log.Info("vpnlink: resumed connection closed before any data; logging in to a new session")
+			c.mu.Lock()
+			c.sessionKey = nil
+			c.mu.Unlock()
+		}
+		wait := time.Duration(0)
+		if lostAt.Sub(l.started) < minHealthyLink {
+			wait = c.reconnectDelay(flaps, l.err)
+			flaps++
+		} else {
+			flaps = 0
+		}
+		if l = c.reconnect(lostAt, l.timeout, wait); l == nil {
 			return
 		}
 	}
@@ -287,7 +309,17 @@ func (c *Client) WaitFor(ctx context.Context, cond func(Status) bool) (Status, e
 // hold it — the hub keeps the session and its MAC table for the session
 // timeout after the last received byte (SessionMain, src/Cedar/Session.c)
 // — and logs in again otherwise.
-func (c *Client) reconnect(lostAt time.Time, timeout time.Duration) *link {
+func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link {
+	if wait > 0 {
+		c.log.Info("vpnlink: connection was short-lived, waiting before reconnecting", "wait", wait.Round(time.Millisecond))
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
 	attempt := 0
 	for {
 		if c.ctx.Err() != nil {

@@ -350,6 +350,7 @@ func TestResumeAfterDrop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHub(t, vpnlinktest.Config{})
 		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		port := h.Attach()
 		defer port.Close()
 		if n := h.DropConnections(); n != 1 {
@@ -378,6 +379,7 @@ func TestReloginAfterExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHub(t, vpnlinktest.Config{})
 		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		h.ExpireSessions()
 		synctest.Wait()
 		st := c.Status()
@@ -399,6 +401,7 @@ func TestReloginAfterLongOutage(t *testing.T) {
 		cfg := clientCfg(t, h, "alice", "secret")
 		cfg.MinBackoff, cfg.MaxBackoff = time.Second, 4*time.Second
 		c := dial(t, cfg)
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		h.RejectLogins(16)
 		h.DropConnections()
 		time.Sleep(30 * time.Second)
@@ -421,6 +424,7 @@ func TestQueueDuringOutage(t *testing.T) {
 		cfg := clientCfg(t, h, "alice", "secret")
 		cfg.QueueFrames = 100
 		c := dial(t, cfg)
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		port := h.Attach()
 		defer port.Close()
 		h.RejectLogins(16) // resumes fail until cleared
@@ -464,6 +468,7 @@ func TestGarbageEndsConnection(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHub(t, vpnlinktest.Config{})
 		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		synctest.Wait()
 		if n := h.SendGarbage(); n != 1 {
 			t.Fatalf("garbage to %d connections", n)
@@ -510,6 +515,7 @@ func TestBackoffGrowthAndCap(t *testing.T) {
 		cfg := clientCfg(t, h, "alice", "secret")
 		cfg.MinBackoff, cfg.MaxBackoff = time.Second, 8*time.Second
 		c := dial(t, cfg)
+		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
 		h.RejectLogins(16) // transient
 		h.DropConnections()
 		time.Sleep(60 * time.Second)
@@ -600,6 +606,67 @@ func TestWaitFor(t *testing.T) {
 		defer cancel()
 		if _, err := c.WaitFor(ctx, func(st vpnlink.Status) bool { return false }); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("WaitFor timeout: %v", err)
+		}
+	})
+}
+
+// SoftEther 5.01 accepts a resume and then drops the socket: the client
+// must fall back to a new login instead of looping.
+func TestBrokenResumeFallsBackToLogin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHub(t, vpnlinktest.Config{})
+		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		time.Sleep(time.Minute)
+		h.BreakResumes(true)
+		h.DropConnections()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		st := c.Status()
+		if st.State != vpnlink.StateConnected || st.SessionName != "SID-ALICE-2" || st.Logins != 2 {
+			t.Fatalf("status %+v", st)
+		}
+		if n := len(h.LoginAttempts()); n != 3 { // login, resume (broken), login
+			t.Fatalf("%d attempts: %+v", n, h.LoginAttempts())
+		}
+	})
+}
+
+// A server that drops every connection right after the welcome is retried
+// with growing delays, not in a tight loop.
+func TestFlappingLinkBacksOff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHub(t, vpnlinktest.Config{})
+		cfg := clientCfg(t, h, "alice", "secret")
+		cfg.MinBackoff, cfg.MaxBackoff = time.Second, 8*time.Second
+		c := dial(t, cfg)
+		h.BreakResumes(true)
+		h.ExpireSessions() // every login now ends at once
+		stop := make(chan struct{})
+		go func() { // expire each new session as soon as it appears
+			for {
+				select {
+				case <-stop:
+					return
+				case <-c.Changed():
+					h.ExpireSessions()
+				}
+			}
+		}()
+		time.Sleep(60 * time.Second)
+		close(stop)
+		synctest.Wait()
+		var logins []time.Time
+		for _, a := range h.LoginAttempts() {
+			if a.Method == "login" && a.Code == 0 {
+				logins = append(logins, a.Time)
+			}
+		}
+		// Delays double from 0.5–1 s up to 4–8 s: about 10 logins in 60 s.
+		if len(logins) < 4 || len(logins) > 14 {
+			t.Fatalf("%d logins in 60 s", len(logins))
+		}
+		if gap := logins[len(logins)-1].Sub(logins[len(logins)-2]); gap < cfg.MaxBackoff/2 {
+			t.Fatalf("last gap %v: delays do not grow to the cap", gap)
 		}
 	})
 }

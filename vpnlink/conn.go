@@ -24,6 +24,9 @@ type link struct {
 	c       *Client
 	w       *wire
 	timeout time.Duration
+	resumed bool      // established by additional_connect
+	started time.Time // when the data phase began
+	gotData atomic.Bool
 
 	done     chan struct{}
 	once     sync.Once
@@ -32,8 +35,8 @@ type link struct {
 	lastRecv atomic.Int64 // unix ns of the last received record
 }
 
-func (c *Client) startLink(w *wire, timeout time.Duration) *link {
-	l := &link{c: c, w: w, timeout: timeout, done: make(chan struct{})}
+func (c *Client) startLink(w *wire, timeout time.Duration, resumed bool) *link {
+	l := &link{c: c, w: w, timeout: timeout, resumed: resumed, started: time.Now(), done: make(chan struct{})}
 	l.lastRecv.Store(time.Now().UnixNano())
 	w.raw.timeout.Store(int64(timeout))
 	l.wg.Add(2)
@@ -76,6 +79,9 @@ func (l *link) readLoop() {
 		if err != nil {
 			l.fail(l.readErr(err))
 			return
+		}
+		if !l.gotData.Load() {
+			l.gotData.Store(true)
 		}
 		switch kind {
 		case proto.KindFrame:

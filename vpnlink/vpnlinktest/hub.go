@@ -99,6 +99,7 @@ type Hub struct {
 	attempts  []Attempt
 	listeners []net.Listener
 	sni       []string
+	breakRes  bool
 	closed    bool
 }
 
@@ -280,6 +281,15 @@ func (h *Hub) DropConnections() int {
 		c.Close()
 	}
 	return len(cs)
+}
+
+// BreakResumes makes the hub accept additional_connect and then close the
+// new connection at once, as SoftEther 5.01 (Debian build 9674) was observed
+// to do for a session whose connection had dropped.
+func (h *Hub) BreakResumes(on bool) {
+	h.mu.Lock()
+	h.breakRes = on
+	h.mu.Unlock()
 }
 
 // RejectLogins answers every login and resume with error code (0 = normal).

@@ -124,6 +124,13 @@ func (h *Hub) serveConn(raw net.Conn) {
 		}
 		return
 	}
+	h.mu.Lock()
+	breakRes := h.breakRes && method == "additional_connect"
+	h.mu.Unlock()
+	if breakRes {
+		s.removeConn(sc)
+		return
+	}
 	raw.SetDeadline(time.Time{})
 	dc.timeout = h.cfg.Timeout
 	h.dataPhase(s, sc)
