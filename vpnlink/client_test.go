@@ -516,7 +516,7 @@ func TestBackoffGrowthAndCap(t *testing.T) {
 		cfg.MinBackoff, cfg.MaxBackoff = time.Second, 8*time.Second
 		c := dial(t, cfg)
 		time.Sleep(time.Minute) // a healthy link: reconnect at once after a loss
-		h.RejectLogins(16) // transient
+		h.RejectLogins(16)      // transient
 		h.DropConnections()
 		time.Sleep(60 * time.Second)
 		att := h.LoginAttempts()[1:]
