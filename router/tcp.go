@@ -76,6 +76,13 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 		r.discard(f)
 		return
 	}
+	if f.ctx.Err() != nil { // Close began while we dialed
+		host.Close()
+		r.refuse(RefusedClosing, ProtoTCP, src, dst, nil)
+		req.Reject(netstack.RejectRST)
+		r.discard(f)
+		return
+	}
 	client, err := req.Accept()
 	if err != nil {
 		host.Close()
