@@ -124,6 +124,7 @@ type Client struct {
 	st             Status
 	changed        chan struct{} // closed and replaced on every state change
 	sessionKey     []byte
+	resumeBroken   bool // the server accepted a resume and then dropped it
 	reconnectDelay func(attempt int, err error) time.Duration
 }
 
@@ -241,9 +242,11 @@ func (c *Client) run(l *link) {
 			// SoftEther 5.01 was seen to accept additional_connect for a
 			// session whose connection had dropped and then to close the new
 			// socket at once; the session is then unusable: log in again.
-			c.log.Info("vpnlink: resumed connection closed before any data; logging in to a new session")
+			c.log.Warn("vpnlink: the server accepted the session resume but closed the connection at once; " +
+				"this server cannot resume sessions (seen on SoftEther 5.01 build 9674 with OpenSSL 3), logging in to new sessions from now on")
 			c.mu.Lock()
 			c.sessionKey = nil
+			c.resumeBroken = true
 			c.mu.Unlock()
 		}
 		wait := time.Duration(0)
@@ -327,6 +330,9 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 		}
 		c.mu.Lock()
 		key := c.sessionKey
+		if c.resumeBroken {
+			key, c.sessionKey = nil, nil
+		}
 		c.mu.Unlock()
 		var err error
 		if key != nil && (attempt == 0 || time.Since(lostAt) < timeout) {
@@ -342,7 +348,7 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 				continue // log in at once
 			}
 		} else {
-			if key != nil {
+			if key != nil && !c.resumeBrokenNow() {
 				c.log.Info("vpnlink: session hold time passed, logging in again")
 				c.mu.Lock()
 				c.sessionKey = nil
@@ -373,6 +379,12 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 			return nil
 		}
 	}
+}
+
+func (c *Client) resumeBrokenNow() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resumeBroken
 }
 
 // backoff returns the wait before retry number attempt+1: MinBackoff·2^attempt

@@ -628,6 +628,15 @@ func TestBrokenResumeFallsBackToLogin(t *testing.T) {
 		if n := len(h.LoginAttempts()); n != 3 { // login, resume (broken), login
 			t.Fatalf("%d attempts: %+v", n, h.LoginAttempts())
 		}
+		// The client remembers: the next loss goes straight to a login.
+		time.Sleep(time.Minute)
+		h.DropConnections()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		att := h.LoginAttempts()
+		if len(att) != 4 || att[3].Method != "login" || c.Status().SessionName != "SID-ALICE-3" {
+			t.Fatalf("attempts %+v, status %+v", att, c.Status())
+		}
 	})
 }
 

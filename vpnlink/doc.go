@@ -35,7 +35,12 @@
 // (additional_connect with the session key) — the server keeps the session,
 // its name and MAC table for the session timeout (default 20 s) — and logs
 // in again when the server says the session is gone (error 13/14) or the
-// hold time has passed. Retries back off exponentially with jitter from
+// hold time has passed. A server that accepts the resume and then drops the
+// connection before any data (observed with SoftEther 5.01 build 9674 on
+// Debian 12 / OpenSSL 3: once a session's socket dies, its session thread
+// drops every other socket of that session too) is remembered, and later
+// losses go straight to a new login. Links that end within 10 s count as
+// failed attempts, so a flapping server is not hammered. Retries back off exponentially with jitter from
 // MinBackoff (500 ms) to MaxBackoff (10 s); errors that need a
 // configuration change (IsPermanent: wrong password, unknown hub, bridge
 // denied, certificate mismatch, not a SoftEther server) wait MaxBackoff
