@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -676,6 +677,41 @@ func TestFlappingLinkBacksOff(t *testing.T) {
 		}
 		if gap := logins[len(logins)-1].Sub(logins[len(logins)-2]); gap < cfg.MaxBackoff/2 {
 			t.Fatalf("last gap %v: delays do not grow to the cap", gap)
+		}
+	})
+}
+
+// Without pin or StateDir, reconnects must meet the certificate of the
+// first connection.
+func TestReconnectCertChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h1 := newHub(t, vpnlinktest.Config{})
+		h2 := newHub(t, vpnlinktest.Config{})
+		cur := h1
+		var mu sync.Mutex
+		cfg := clientCfg(t, h1, "alice", "secret")
+		cfg.CertSHA256 = ""
+		cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			mu.Lock()
+			h := cur
+			mu.Unlock()
+			return h.Dial(ctx, network, addr)
+		}
+		c := dial(t, cfg)
+		time.Sleep(time.Minute)
+		mu.Lock()
+		cur = h2
+		mu.Unlock()
+		h1.DropConnections()
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		st := c.Status()
+		var cm *vpnlink.CertMismatchError
+		if st.State != vpnlink.StateReconnecting || !errors.As(st.LastError, &cm) || cm.Want != h1.CertSHA256() || cm.Got != h2.CertSHA256() {
+			t.Fatalf("status %+v", st)
+		}
+		if len(h2.Sessions()) != 0 {
+			t.Fatal("logged in to the impostor")
 		}
 	})
 }
