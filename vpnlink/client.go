@@ -239,11 +239,13 @@ func (c *Client) run(l *link) {
 		c.setErr(StateReconnecting, l.err)
 		c.log.Warn("vpnlink: connection lost", "session", c.Status().SessionName, "after", lostAt.Sub(l.started).Round(time.Millisecond), "err", l.err)
 		if l.resumed && !l.gotData.Load() {
-			// SoftEther 5.01 was seen to accept additional_connect for a
-			// session whose connection had dropped and then to close the new
-			// socket at once; the session is then unusable: log in again.
+			// SoftEther before 5.02.5185 built with OpenSSL 3 accepts
+			// additional_connect for a session whose socket died and then
+			// closes the new socket at once (stale OpenSSL error queue in the
+			// session thread; fixed upstream by commits b2ec1bd5, 98852b77).
+			// The session is unusable: log in again.
 			c.log.Warn("vpnlink: the server accepted the session resume but closed the connection at once; " +
-				"this server cannot resume sessions (seen on SoftEther 5.01 build 9674 with OpenSSL 3), logging in to new sessions from now on")
+				"this server cannot resume sessions (SoftEther before 5.02.5185 with OpenSSL 3), logging in to new sessions from now on")
 			c.mu.Lock()
 			c.sessionKey = nil
 			c.resumeBroken = true

@@ -36,11 +36,19 @@
 // its name and MAC table for the session timeout (default 20 s) — and logs
 // in again when the server says the session is gone (error 13/14) or the
 // hold time has passed. A server that accepts the resume and then drops the
-// connection before any data (observed with SoftEther 5.01 build 9674 on
-// Debian 12 / OpenSSL 3: once a session's socket dies, its session thread
-// drops every other socket of that session too) is remembered, and later
-// losses go straight to a new login. Links that end within 10 s count as
-// failed attempts, so a flapping server is not hammered. Retries back off exponentially with jitter from
+// connection before any data is remembered, and later losses go straight to
+// a new login. This is what SoftEther 5.01 build 9674 (Debian 12, OpenSSL 3)
+// does: when one socket of a session dies, the stale OpenSSL error left in
+// that session thread's error queue makes SecureRecv (src/Mayaqua/Network.c)
+// treat every later would-block on the session's other or new sockets as
+// fatal; fixed upstream in 2024 (commits b2ec1bd5, 98852b77; 5.02.5185+).
+// Verified in the lab: resume is accepted, the socket is closed at once, the
+// client is back on a new session within about 0.4 s. (The
+// explanation is inferred from the source and the upstream fix; the
+// behaviour itself was observed.)
+//
+// Links that end within 10 s count as failed attempts, so a flapping server
+// is not hammered. Retries back off exponentially with jitter from
 // MinBackoff (500 ms) to MaxBackoff (10 s); errors that need a
 // configuration change (IsPermanent: wrong password, unknown hub, bridge
 // denied, certificate mismatch, not a SoftEther server) wait MaxBackoff
