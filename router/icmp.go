@@ -299,6 +299,13 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 		conn = x.raw
 	}
 	conn.SetWriteDeadline(time.Now().Add(echoWriteTimeout))
+	// Counted before sending (a reply may be relayed before WriteTo
+	// returns) and taken back if the send fails.
+	n := uint64(len(req.Payload))
+	fl.f.touch(x.r.now())
+	fl.f.bytesOut.Add(n)
+	fl.f.packetsOut.Add(1)
+	x.requests.Add(1)
 	var err error
 	if x.mode == icmpPingSocket {
 		_, err = fl.conn.WriteTo(msg, &net.UDPAddr{IP: fl.hostDst.AsSlice()})
@@ -306,15 +313,13 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 		_, err = x.raw.WriteTo(msg, &net.IPAddr{IP: fl.hostDst.AsSlice()})
 	}
 	if err != nil {
+		fl.f.bytesOut.Add(-n)
+		fl.f.packetsOut.Add(^uint64(0))
+		x.requests.Add(^uint64(0))
 		x.dropped.Add(1)
 		x.r.rlog.Log(slog.LevelDebug, "icmp-send", "router: ICMP echo send failed",
 			slog.String("dest", req.Dst.String()), slog.String("err", err.Error()))
-		return
 	}
-	fl.f.touch(x.r.now())
-	fl.f.bytesOut.Add(uint64(len(req.Payload)))
-	fl.f.packetsOut.Add(1)
-	x.requests.Add(1)
 }
 
 // pingReadLoop relays the replies arriving on fl's ping socket until it is
@@ -381,14 +386,13 @@ func (x *icmpForwarder) reply(fl *icmpFlow, msg []byte) {
 	fl.mu.Unlock()
 	t.Seq = uint16(msg[6])<<8 | uint16(msg[7])
 	payload := msg[8:]
-	if err := x.r.echo.WriteEchoReply(t, payload); err != nil {
-		x.dropped.Add(1)
-		return
-	}
 	fl.f.touch(x.r.now())
 	fl.f.bytesIn.Add(uint64(len(payload)))
 	fl.f.packetsIn.Add(1)
 	x.replies.Add(1)
+	if err := x.r.echo.WriteEchoReply(t, payload); err != nil {
+		x.dropped.Add(1)
+	}
 }
 
 // marshalEcho appends an ICMP echo message (RFC 792) to b.

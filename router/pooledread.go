@@ -1,10 +1,13 @@
 package router
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // pooledReader reads a host socket without holding a buffer while it waits:
@@ -70,8 +73,9 @@ type chunkReader func() (data []byte, release func(), err error)
 func noRelease() {}
 
 // newChunkReader reads src through a pooledReader when src is a host
-// socket, else with one pool buffer held for the reader's life; free
-// returns that buffer.
+// socket, a streamReader for other stream conns (netstack's TCP conns), and
+// else with one pool buffer held for the reader's life. free returns
+// whatever buffer is still held.
 func newChunkReader(src net.Conn, pool *sync.Pool, stream bool) (read chunkReader, free func()) {
 	if pr := newPooledReader(src, pool, stream); pr != nil {
 		return func() ([]byte, func(), error) {
@@ -82,9 +86,73 @@ func newChunkReader(src net.Conn, pool *sync.Pool, stream bool) (read chunkReade
 			return (*bp)[:n], func() { pr.pool.Put(bp) }, nil
 		}, noRelease
 	}
+	if stream {
+		sr := &streamReader{c: src, pool: pool, small: make([]byte, smallReadSize)}
+		return sr.read, sr.free
+	}
 	bp := pool.Get().(*[]byte)
 	return func() ([]byte, func(), error) {
 		n, err := src.Read(*bp)
 		return (*bp)[:n], noRelease, err
 	}, func() { pool.Put(bp) }
+}
+
+const (
+	// smallReadSize is the buffer a streamReader keeps while its conn is
+	// idle.
+	smallReadSize = 1 << 10
+	// bigReadIdle is how long a streamReader keeps a pool buffer without
+	// data before it returns it and goes back to the small buffer.
+	bigReadIdle = time.Second
+)
+
+// streamReader reads a stream conn that cannot report readiness (a
+// netstack TCP conn) without pinning a pool buffer while idle: it blocks on
+// a small per-flow buffer, switches to a pool buffer once data flows, and
+// gives the pool buffer back when a read sees no data for bigReadIdle (a
+// read deadline, refreshed at most twice per bigReadIdle while data flows).
+type streamReader struct {
+	c        net.Conn
+	pool     *sync.Pool // of *[]byte
+	small    []byte
+	big      *[]byte   // nil in small mode
+	deadline time.Time // read deadline set in big mode
+}
+
+func (s *streamReader) read() ([]byte, func(), error) {
+	if s.big == nil {
+		n, err := s.c.Read(s.small)
+		if n > 0 && err == nil {
+			s.big = s.pool.Get().(*[]byte)
+			s.deadline = time.Time{} // set below, on the next read
+		}
+		return s.small[:n], noRelease, err
+	}
+	if now := time.Now(); s.deadline.Sub(now) < bigReadIdle/2 {
+		s.deadline = now.Add(bigReadIdle)
+		if err := s.c.SetReadDeadline(s.deadline); err != nil {
+			return nil, noRelease, err
+		}
+	}
+	n, err := s.c.Read(*s.big)
+	// gVisor's gonet reports a deadline as its own net.Error with
+	// Timeout() true, not os.ErrDeadlineExceeded.
+	var ne net.Error
+	if n == 0 && (errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+		// Idle: back to the small buffer, without a deadline.
+		s.pool.Put(s.big)
+		s.big = nil
+		if err := s.c.SetReadDeadline(time.Time{}); err != nil {
+			return nil, noRelease, err
+		}
+		return nil, noRelease, nil
+	}
+	return (*s.big)[:n], noRelease, err
+}
+
+func (s *streamReader) free() {
+	if s.big != nil {
+		s.pool.Put(s.big)
+		s.big = nil
+	}
 }

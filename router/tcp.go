@@ -14,10 +14,10 @@ import (
 )
 
 // tcpBufSize is the copy buffer per TCP direction (32 KiB, as io.Copy).
-// Buffers are pooled. The host→client direction takes one only while a
-// read is ready (pooledReader); the client→host direction holds one for the
-// flow's life, since netstack's conn Read needs it up front: 4096 flows
-// cost at most 128 MiB of idle buffers.
+// Buffers are pooled and idle flows hold none: the host→client direction
+// takes one only while a read is ready (pooledReader), the client→host
+// direction keeps one while data flows and falls back to a 1 KiB buffer
+// after a second without data (streamReader).
 const tcpBufSize = 32 << 10
 
 var tcpBufPool = sync.Pool{New: func() any { b := make([]byte, tcpBufSize); return &b }}
@@ -159,15 +159,17 @@ func (r *Router) copyTCP(f *flow, dst, src net.Conn, out bool) {
 	for {
 		data, release, err := read()
 		if len(data) > 0 {
+			// Count before writing, so that whoever sees the data also
+			// sees it counted.
 			f.touch(r.now())
+			bytes.Add(uint64(len(data)))
+			packets.Add(1)
 			_, werr := dst.Write(data)
 			release()
 			if werr != nil {
 				f.abort(connError(werr))
 				return
 			}
-			bytes.Add(uint64(len(data)))
-			packets.Add(1)
 		} else {
 			release()
 		}

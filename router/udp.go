@@ -120,6 +120,8 @@ func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
 			return
 		}
 		f.touch(r.now())
+		bytes.Add(uint64(len(data))) // before the write: see copyTCP
+		packets.Add(1)
 		_, werr := dst.Write(data)
 		release()
 		if werr != nil {
@@ -129,8 +131,6 @@ func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
 			f.abort(connError(werr))
 			return
 		}
-		bytes.Add(uint64(len(data)))
-		packets.Add(1)
 	}
 }
 
