@@ -167,3 +167,48 @@ func TestEvictIdleUDPAtSessionCap(t *testing.T) {
 		}
 	})
 }
+
+// TestStreamReaderModes checks that streamReader loses no data across its
+// small → pool buffer → (idle) → small transitions and gives the pool
+// buffer back when idle.
+func TestStreamReaderModes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		sr := &streamReader{c: b, pool: &tcpBufPool, small: make([]byte, smallReadSize)}
+		defer sr.free()
+		want := make([]byte, 0, 3*100_000)
+		var got []byte
+		for burst := range 3 {
+			msg := make([]byte, 100_000)
+			for i := range msg {
+				msg[i] = byte(i*7 + burst)
+			}
+			want = append(want, msg...)
+			go a.Write(msg)
+			for len(got) < len(want) {
+				data, release, err := sr.read()
+				if err != nil {
+					t.Fatalf("burst %d: %v", burst, err)
+				}
+				got = append(got, data...)
+				release()
+			}
+			if sr.big == nil {
+				t.Fatalf("burst %d: still on the small buffer while data flows", burst)
+			}
+			// Idle for longer than bigReadIdle: the next read times out
+			// internally, returns nothing and drops the pool buffer.
+			time.Sleep(2 * bigReadIdle)
+			data, release, err := sr.read()
+			release()
+			if err != nil || len(data) != 0 || sr.big != nil {
+				t.Fatalf("burst %d idle read: %d bytes, %v, big held %v", burst, len(data), err, sr.big != nil)
+			}
+		}
+		if string(got) != string(want) {
+			t.Fatal("data differs after mode changes")
+		}
+	})
+}
