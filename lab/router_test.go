@@ -156,6 +156,20 @@ func TestRouterInterop(t *testing.T) {
 		}
 	})
 
+	t.Run("DHCPHostNameInDNS", func(t *testing.T) {
+		// The client asks again, now sending its host name (option 12);
+		// the interface is left as it is (-s /bin/true).
+		out, err := lab.Exec(ctx, lab.NSCLab, "timeout", "20", "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f",
+			"-t", "5", "-T", "1", "-x", "hostname:clab-host", "-s", "/bin/true")
+		if err != nil {
+			t.Fatalf("udhcpc with host name: %v\n%s", err, out)
+		}
+		out, err = lab.Exec(ctx, lab.NSCLab, "getent", "hosts", "clab-host")
+		if err != nil || !strings.HasPrefix(out, lease["LEASE_IP"]+" ") {
+			t.Fatalf("clab-host should resolve to the client's lease %s: %q, %v", lease["LEASE_IP"], out, err)
+		}
+	})
+
 	t.Run("HTTPByAddress", func(t *testing.T) {
 		page, err := lab.Exec(ctx, lab.NSCLab, "curl", "-sS", "-m", "10", fmt.Sprintf("http://%s:%d/", lanIP, lab.HTTPPort))
 		if err != nil || !strings.HasPrefix(page, lab.HTTPFirstLine) {
@@ -254,7 +268,8 @@ func TestRouterInterop(t *testing.T) {
 				t.Fatalf("iperf3 %s: %v\n%s", dir.name, err, lastLines(out, 5))
 			}
 			var res struct {
-				End struct {
+				Error string `json:"error"`
+				End   struct {
 					SumSent struct {
 						BitsPerSecond float64 `json:"bits_per_second"`
 						Retransmits   int     `json:"retransmits"`
@@ -268,8 +283,8 @@ func TestRouterInterop(t *testing.T) {
 			if err := json.Unmarshal([]byte(out), &res); err != nil {
 				t.Fatalf("iperf3 JSON: %v", err)
 			}
-			if res.End.SumReceived.Bytes <= 0 {
-				t.Fatalf("iperf3 %s moved nothing", dir.name)
+			if res.Error != "" || res.End.SumReceived.Bytes <= 0 {
+				t.Fatalf("iperf3 %s moved nothing: %s", dir.name, res.Error)
 			}
 			t.Logf("iperf3 %s: %.0f Mbit/s received (%d retransmits)", dir.name, res.End.SumReceived.BitsPerSecond/1e6, res.End.SumSent.Retransmits)
 		}

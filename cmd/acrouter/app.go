@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/acrouter/acrouter/netstack"
@@ -34,6 +35,9 @@ type app struct {
 	router *router.Router
 	dhcp   *dhcp.Server // nil when disabled
 	dns    *dns.Server  // nil when disabled
+	// dhcpSrv is dhcp for the DHCP server's own goroutine (OnChange), which
+	// may run before start has assigned a.dhcp.
+	dhcpSrv atomic.Pointer[dhcp.Server]
 
 	// routerDial, if set, replaces the router's host dialer (tests).
 	routerDial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -241,40 +245,6 @@ func (a *app) start() error {
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}
-	if cfg.DHCP.Enabled {
-		conn, err := a.stack.ListenDHCP()
-		if err != nil {
-			return fmt.Errorf("dhcp: %w", err)
-		}
-		routes := make([]dhcp.Route, len(set.Routes))
-		for i, r := range set.Routes {
-			routes[i] = dhcp.Route{Dst: r.Dst, Gateway: r.Gateway}
-		}
-		a.dhcp, err = dhcp.New(conn, dhcp.Config{
-			ServerIP:     set.RouterPrefix.Addr(),
-			Subnet:       set.RouterPrefix.Masked(),
-			PoolStart:    set.PoolStart,
-			PoolEnd:      set.PoolEnd,
-			NoGateway:    cfg.DHCP.NoGateway,
-			DNS:          set.DHCPDNS, // after the router address, which is always first
-			Domain:       cfg.DHCP.Domain,
-			SearchList:   cfg.DHCP.Search,
-			MTU:          cfg.DHCP.MTU,
-			LeaseTime:    cfg.DHCP.LeaseTime.Duration,
-			Routes:       routes,
-			Reservations: set.Reservations,
-			StateFile:    a.state.leasesFile(),
-			Probe:        a.stack.ProbeAddr,
-			// An ARP answer on a hub takes milliseconds; the 1 s default
-			// made every fresh lease take over a second.
-			ProbeTimeout: 250 * time.Millisecond,
-			Logger:       a.log.With("component", "dhcp"),
-		})
-		if err != nil {
-			conn.Close()
-			return fmt.Errorf("dhcp: %w", err)
-		}
-	}
 	if cfg.DNS.Enabled {
 		udp, err := a.stack.ListenUDP(53)
 		if err != nil {
@@ -306,9 +276,69 @@ func (a *app) start() error {
 			return fmt.Errorf("dns: %w", err)
 		}
 	}
+	if cfg.DHCP.Enabled {
+		conn, err := a.stack.ListenDHCP()
+		if err != nil {
+			return fmt.Errorf("dhcp: %w", err)
+		}
+		routes := make([]dhcp.Route, len(set.Routes))
+		for i, r := range set.Routes {
+			routes[i] = dhcp.Route{Dst: r.Dst, Gateway: r.Gateway}
+		}
+		a.dhcp, err = dhcp.New(conn, dhcp.Config{
+			ServerIP:     set.RouterPrefix.Addr(),
+			Subnet:       set.RouterPrefix.Masked(),
+			PoolStart:    set.PoolStart,
+			PoolEnd:      set.PoolEnd,
+			NoGateway:    cfg.DHCP.NoGateway,
+			DNS:          set.DHCPDNS, // after the router address, which is always first
+			Domain:       cfg.DHCP.Domain,
+			SearchList:   cfg.DHCP.Search,
+			MTU:          cfg.DHCP.MTU,
+			LeaseTime:    cfg.DHCP.LeaseTime.Duration,
+			Routes:       routes,
+			Reservations: set.Reservations,
+			StateFile:    a.state.leasesFile(),
+			Probe:        a.stack.ProbeAddr,
+			// An ARP answer on a hub takes milliseconds; the 1 s default
+			// made every fresh lease take over a second.
+			ProbeTimeout: 250 * time.Millisecond,
+			OnChange:     a.publishLeaseNames,
+			Logger:       a.log.With("component", "dhcp"),
+		})
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("dhcp: %w", err)
+		}
+		a.dhcpSrv.Store(a.dhcp)
+		a.publishLeaseNames() // leases loaded from the state file
+	}
 	a.log.Info("virtual host up", "ip", set.RouterPrefix.String(), "mac", a.mac.String(),
 		"dhcp", cfg.DHCP.Enabled, "dns", cfg.DNS.Enabled, "max_sessions", cfg.Router.MaxSessions)
 	return nil
+}
+
+// publishLeaseNames makes the host names of DHCP clients resolvable through
+// the DNS redirector (as name and name.domain). It runs on the DHCP server's
+// goroutine after a lease changes.
+func (a *app) publishLeaseNames() {
+	srv := a.dhcpSrv.Load()
+	if a.dns == nil || srv == nil {
+		return
+	}
+	hosts := map[string][]netip.Addr{}
+	for _, l := range srv.Leases() {
+		if l.Hostname == "" || l.State != dhcp.StateBound {
+			continue
+		}
+		hosts[l.Hostname] = append(hosts[l.Hostname], l.IP)
+		if d := a.cfg.DHCP.Domain; d != "" {
+			hosts[l.Hostname+"."+d] = append(hosts[l.Hostname+"."+d], l.IP)
+		}
+	}
+	if err := a.dns.SetHosts(hosts); err != nil {
+		a.log.Debug("publishing DHCP host names in DNS", "err", err)
+	}
 }
 
 // reload re-reads the configuration on SIGHUP and applies what is safe to
