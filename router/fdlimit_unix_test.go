@@ -21,6 +21,9 @@ func TestFDLimitReal(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestFDLimitReal$", "-test.v", "-test.count=1")
 		cmd.Env = append(os.Environ(), "ROUTER_TEST_FDLIMIT=1")
 		out, err := cmd.CombinedOutput()
+		if strings.Contains(string(out), "SETUP-SKIP") {
+			t.Skipf("child could not set up:\n%s", out)
+		}
 		if err != nil || !strings.Contains(string(out), "fd limit verified") {
 			t.Fatalf("child: %v\n%s", err, out)
 		}
@@ -31,11 +34,11 @@ func TestFDLimitReal(t *testing.T) {
 	dst := tcpEchoServer(t)
 	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		t.Skip(err)
+		t.Skipf("SETUP-SKIP: %v", err)
 	}
 	lim := syscall.Rlimit{Cur: uint64(len(fds) + 16), Max: uint64(len(fds) + 16)}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Skipf("setrlimit: %v", err)
+		t.Skipf("SETUP-SKIP: setrlimit: %v", err)
 	}
 	var clients []net.Conn
 	refused := false

@@ -160,10 +160,10 @@ func TestChecksum(t *testing.T) {
 func TestICMPPingSocketMode(t *testing.T) {
 	if os.Getenv("ROUTER_TEST_PINGNS") == "1" {
 		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 0"), 0); err != nil {
-			t.Fatalf("set ping_group_range in the namespace: %v", err)
+			t.Skipf("SETUP-SKIP: set ping_group_range in the namespace: %v", err)
 		}
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-			t.Fatalf("ip link set lo up: %v %s", err, out)
+			t.Skipf("SETUP-SKIP: ip link set lo up: %v %s", err, out)
 		}
 		leakCheck(t)
 		fe := newFakeEcho()
@@ -188,6 +188,9 @@ func TestICMPPingSocketMode(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil && strings.Contains(string(out), "unshare failed") {
 		t.Skipf("cannot create a user namespace here: %s", out)
+	}
+	if strings.Contains(string(out), "SETUP-SKIP") {
+		t.Skipf("namespace setup not possible here:\n%s", out)
 	}
 	if err != nil || !strings.Contains(string(out), "ping-socket mode verified") {
 		t.Fatalf("in the namespace: %v\n%s", err, out)

@@ -328,7 +328,7 @@ func (r *Router) Flows() []Flow {
 type Stats struct {
 	FlowsOpen                                 int // live flows (all protocols, including TCP dialing)
 	FlowsOpenTCP, FlowsOpenUDP, FlowsOpenICMP int
-	FlowsCreated                              uint64 // flows admitted since New
+	FlowsCreated                              uint64 // flows admitted to the table since New (a TCP flow whose dial then fails counts here and in Refused)
 	FlowsCreatedTCP, FlowsCreatedUDP          uint64
 	FlowsCreatedICMP                          uint64
 	FlowsClosed                               uint64 // flows ended since New
