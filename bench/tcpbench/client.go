@@ -14,6 +14,16 @@ import (
 
 func dialer(timeout time.Duration) *net.Dialer { return &net.Dialer{Timeout: timeout} }
 
+// stopAfter returns a context cancelled after d. Unlike context.WithTimeout it
+// carries no deadline, so a dial in progress keeps its own timeout and, when
+// it is cut short, ctx.Err() is already set: a bound reached is never counted
+// as a failed connection.
+func stopAfter(d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t := time.AfterFunc(d, cancel)
+	return ctx, func() { t.Stop(); cancel() }
+}
+
 // exchange writes req and reads len(resp) bytes back, all within timeout.
 func exchange(c net.Conn, req, resp []byte, timeout time.Duration) error {
 	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
@@ -45,7 +55,7 @@ func runConnect(args []string) (any, error) {
 	bound := fs.Duration("max", 15*time.Second, "overall time bound")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-connect timeout")
 	_ = fs.Parse(args)
-	ctx, cancel := context.WithTimeout(context.Background(), *bound)
+	ctx, cancel := stopAfter(*bound)
 	defer cancel()
 	d := dialer(*timeout)
 	res := ConnectResult{Mode: "connect", Addr: *addr}
@@ -90,7 +100,7 @@ func runCPS(args []string) (any, error) {
 	timeout := fs.Duration("timeout", 3*time.Second, "per-connection timeout")
 	perWorker := fs.Int("cap", 200000, "bound on connections per worker")
 	_ = fs.Parse(args)
-	ctx, cancel := context.WithTimeout(context.Background(), *dur)
+	ctx, cancel := stopAfter(*dur)
 	defer cancel()
 	d := dialer(*timeout)
 	type part struct {
@@ -239,7 +249,7 @@ func runHold(args []string) (any, error) {
 	_ = fs.Parse(args)
 
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), *bound)
+	ctx, cancel := stopAfter(*bound)
 	defer cancel()
 	d := dialer(*timeout)
 	res := HoldResult{Mode: "hold", Addr: *addr, Target: *n, FirstFailAt: -1}
@@ -284,6 +294,9 @@ open:
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
+				if ctx.Err() != nil {
+					return // cut short by the time bound: not a failure of the path
+				}
 				fails.Add(1)
 				res.OpenErrors.add(err)
 				if res.FirstFailAt < 0 {
