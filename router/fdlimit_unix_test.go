@@ -17,9 +17,12 @@ import (
 // descriptors, new flows get an RST, are counted as fd-limit and one clear
 // error line is logged; closing flows makes room again.
 func TestFDLimitReal(t *testing.T) {
-	if os.Getenv("ROUTER_TEST_FDLIMIT") != "1" {
+	if os.Getenv("ROUTER_TEST_FDLIMIT") == "" {
+		// The destination lives in this process, so that only the router's
+		// dials use the child's descriptors.
+		dst := tcpEchoServer(t)
 		cmd := exec.Command(os.Args[0], "-test.run=^TestFDLimitReal$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "ROUTER_TEST_FDLIMIT=1")
+		cmd.Env = append(os.Environ(), "ROUTER_TEST_FDLIMIT="+dst.String())
 		out, err := cmd.CombinedOutput()
 		if strings.Contains(string(out), "SETUP-SKIP") {
 			t.Skipf("child could not set up:\n%s", out)
@@ -31,7 +34,10 @@ func TestFDLimitReal(t *testing.T) {
 	}
 	log, logBuf := testLogger(t)
 	r := newTestRouter(t, Config{NoDefaultDeny: true, Logger: log}, nil)
-	dst := tcpEchoServer(t)
+	dst, err := netip.ParseAddrPort(os.Getenv("ROUTER_TEST_FDLIMIT"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fds, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Skipf("SETUP-SKIP: %v", err)

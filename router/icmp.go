@@ -197,12 +197,12 @@ func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow
 	}
 	if err := x.open(fl); err != nil {
 		why, how := classifyDialError(err)
+		r.discard(f)
 		r.refuse(why, ProtoICMP, client, dest, err)
 		if how == netstack.RejectRST {
 			how = netstack.RejectHostUnreachable
 		}
 		_ = r.echo.WriteICMPUnreachable(req, how)
-		r.discard(f)
 		return nil
 	}
 	x.mu.Lock()

@@ -71,23 +71,23 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 		} else if f.ctx.Err() != nil {
 			why, how = RefusedClosing, netstack.RejectRST
 		}
+		r.discard(f)
 		r.refuse(why, ProtoTCP, src, dst, err)
 		req.Reject(how)
-		r.discard(f)
 		return
 	}
 	if f.ctx.Err() != nil { // Close began while we dialed
 		host.Close()
+		r.discard(f)
 		r.refuse(RefusedClosing, ProtoTCP, src, dst, nil)
 		req.Reject(netstack.RejectRST)
-		r.discard(f)
 		return
 	}
 	client, err := req.Accept()
 	if err != nil {
 		host.Close()
-		r.refuse(RefusedAccept, ProtoTCP, src, dst, err)
 		r.discard(f)
+		r.refuse(RefusedAccept, ProtoTCP, src, dst, err)
 		return
 	}
 	r.opened(f)

@@ -56,16 +56,16 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 		if f.ctx.Err() != nil {
 			why = RefusedClosing
 		}
+		r.discard(f)
 		r.refuse(why, ProtoUDP, src, dst, err)
 		req.Reject(how)
-		r.discard(f)
 		return
 	}
 	client, err := req.Accept()
 	if err != nil {
 		host.Close()
-		r.refuse(RefusedAccept, ProtoUDP, src, dst, err)
 		r.discard(f)
+		r.refuse(RefusedAccept, ProtoUDP, src, dst, err)
 		return
 	}
 	r.opened(f)
