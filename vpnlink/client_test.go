@@ -715,3 +715,31 @@ func TestReconnectCertChange(t *testing.T) {
 		}
 	})
 }
+
+// Keep-alives go out every timeout/5…timeout/2 while idle (plus one at
+// once), and not while data flows.
+func TestKeepAliveSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHub(t, vpnlinktest.Config{Timeout: 20 * time.Second})
+		c := dial(t, clientCfg(t, h, "alice", "secret"))
+		time.Sleep(200 * time.Second)
+		synctest.Wait()
+		ka := h.Sessions()[0].KeepAlivesIn
+		if ka < 1+200/10 || ka > 1+200/4 {
+			t.Fatalf("%d keep-alives in 200 s idle, want %d…%d", ka, 1+200/10, 1+200/4)
+		}
+		// Data every second postpones keep-alives.
+		for i := range 100 {
+			c.WriteFrames([][]byte{frame(0xff, 1, i)})
+			time.Sleep(time.Second)
+		}
+		synctest.Wait()
+		s := h.Sessions()[0]
+		if s.KeepAlivesIn > ka+1 || s.FramesIn != 100 {
+			t.Fatalf("while sending: %d more keep-alives, %d frames", s.KeepAlivesIn-ka, s.FramesIn)
+		}
+		if st := c.Status(); st.KeepAlivesOut != uint64(s.KeepAlivesIn) || st.BatchesOut != 100 {
+			t.Fatalf("client status %+v", st)
+		}
+	})
+}

@@ -75,6 +75,8 @@ type SessionInfo struct {
 	BridgeMode, NoBridge, NoRouting bool
 	Connections                     int
 	Resumes                         int
+	KeepAlivesIn                    int // keep-alive records received from the client
+	FramesIn                        int // frames received from the client
 }
 
 // Hub is an in-memory virtual hub.
@@ -246,7 +248,8 @@ func (h *Hub) Sessions() []SessionInfo {
 	for _, s := range h.sessions {
 		s.mu.Lock()
 		out = append(out, SessionInfo{Name: s.name, User: s.user, BridgeMode: !(s.noBridge && s.noRouting),
-			NoBridge: s.noBridge, NoRouting: s.noRouting, Connections: len(s.conns), Resumes: s.resumes})
+			NoBridge: s.noBridge, NoRouting: s.noRouting, Connections: len(s.conns), Resumes: s.resumes,
+			KeepAlivesIn: s.kaIn, FramesIn: s.framesIn})
 		s.mu.Unlock()
 	}
 	sortSessions(out)

@@ -34,6 +34,8 @@ type session struct {
 	expire     *time.Timer
 	gone       bool
 	resumes    int
+	kaIn       int
+	framesIn   int
 }
 
 func (s *session) addConn(sc *sconn) bool {
@@ -102,8 +104,18 @@ func (h *Hub) readLoop(s *session, sc *sconn) {
 			h.log.Debug("vpnlinktest: connection ended", "session", s.name, "err", err)
 			return
 		}
-		if kind == proto.KindFrame && n >= 14 { // the hub drops runts
-			h.sw.forward(s, buf[:n])
+		switch kind {
+		case proto.KindKeepAlive:
+			s.mu.Lock()
+			s.kaIn++
+			s.mu.Unlock()
+		case proto.KindFrame:
+			s.mu.Lock()
+			s.framesIn++
+			s.mu.Unlock()
+			if n >= 14 { // the hub drops runts
+				h.sw.forward(s, buf[:n])
+			}
 		}
 	}
 }
