@@ -164,6 +164,9 @@ func (r *Router) onEcho(req netstack.EchoRequest) {
 	x.mu.Lock()
 	fl := x.flows[key]
 	x.mu.Unlock()
+	if fl != nil && fl.f.ctx.Err() != nil {
+		fl = nil // ending (idle, evicted): start a new flow
+	}
 	if fl == nil {
 		fl = x.newFlow(req, key)
 		if fl == nil {
@@ -206,7 +209,7 @@ func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow
 		return nil
 	}
 	x.mu.Lock()
-	if old := x.flows[key]; old != nil {
+	if old := x.flows[key]; old != nil && old.f.ctx.Err() == nil {
 		// Lost a race with a concurrent first request of the same flow.
 		x.mu.Unlock()
 		x.unregister(fl)
