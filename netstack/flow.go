@@ -71,12 +71,65 @@ type tcpRequestState struct {
 // before it returns (if it returns without doing so, the request is rejected
 // with RST). With no handler, such SYNs are answered with RST. It may be
 // called at any time; nil removes the handler.
+//
+// Removing the handler (nil) also aborts the handshakes that Accept is
+// still waiting for (Accept returns an error): a client that never answers
+// the SYN-ACK would otherwise keep its handler, and an owner's Close that
+// waits for its handlers, blocked for the minute gVisor spends
+// retransmitting.
 func (st *Stack) SetTCPHandler(h func(*TCPRequest)) {
 	if h == nil {
+		st.hs.mu.Lock()
 		st.tcpHandler.Store(nil)
+		st.hs.mu.Unlock()
+		st.hs.abortAll()
 		return
 	}
 	st.tcpHandler.Store(&h)
+}
+
+// handshakes are the wait queues of Accepts blocked in gVisor's passive
+// handshake (ForwarderRequest.CreateEndpoint waits for a writable event on
+// the queue it is given, then fails unless the endpoint is connected, so a
+// notification aborts a handshake that is still in progress).
+type handshakes struct {
+	mu sync.Mutex
+	m  map[*waiter.Queue]struct{}
+}
+
+// abortAll wakes every handshake in progress.
+func (h *handshakes) abortAll() {
+	h.mu.Lock()
+	qs := make([]*waiter.Queue, 0, len(h.m))
+	for q := range h.m {
+		qs = append(qs, q)
+	}
+	h.mu.Unlock()
+	for _, q := range qs {
+		q.Notify(waiter.WritableEvents)
+	}
+}
+
+// begin registers q unless the stack is closed or has no TCP handler; the
+// check and the registration happen under the lock SetTCPHandler(nil) takes,
+// so an abort is never missed.
+func (st *Stack) beginHandshake(q *waiter.Queue) bool {
+	st.hs.mu.Lock()
+	defer st.hs.mu.Unlock()
+	if st.closed.Load() || st.tcpHandler.Load() == nil {
+		return false
+	}
+	if st.hs.m == nil {
+		st.hs.m = make(map[*waiter.Queue]struct{})
+	}
+	st.hs.m[q] = struct{}{}
+	return true
+}
+
+func (st *Stack) endHandshake(q *waiter.Queue) {
+	st.hs.mu.Lock()
+	delete(st.hs.m, q)
+	st.hs.mu.Unlock()
 }
 
 // tcpDefault is the TCP default handler: packets that match no endpoint.
@@ -155,13 +208,14 @@ func (r *TCPRequest) Accept() (TCPConn, error) {
 	}
 	r.done = true
 	defer r.st.syns.drop(r.id)
-	if r.st.closed.Load() {
+	wq := new(waiter.Queue)
+	if !r.st.beginHandshake(wq) {
 		r.fr.Complete(true)
 		r.st.fctr.tcpAcceptFailed.Add(1)
 		return nil, fmt.Errorf("netstack: accept %v -> %v: %w", r.Src, r.Dst, net.ErrClosed)
 	}
-	var wq waiter.Queue
-	ep, terr := r.fr.CreateEndpoint(&wq)
+	ep, terr := r.fr.CreateEndpoint(wq)
+	r.st.endHandshake(wq)
 	if terr != nil {
 		r.fr.Complete(true)
 		r.st.fctr.tcpAcceptFailed.Add(1)
@@ -170,7 +224,7 @@ func (r *TCPRequest) Accept() (TCPConn, error) {
 	r.fr.Complete(false)
 	r.st.fctr.tcpAccepted.Add(1)
 	setKeepalive(ep)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return gonet.NewTCPConn(wq, ep), nil
 }
 
 func setKeepalive(ep tcpip.Endpoint) {

@@ -71,6 +71,7 @@ type Stack struct {
 	tcpFwd *tcp.Forwarder
 	udpFwd *udp.Forwarder
 	syns   synTable
+	hs     handshakes // Accepts blocked in gVisor's handshake
 	udp    udpPendingTable
 
 	ipID atomic.Uint32 // IP identification for packets we craft
@@ -264,6 +265,7 @@ func (st *Stack) Close() error {
 	st.closeOnce.Do(func() {
 		st.closed.Store(true)
 		st.ep.stopped.Store(true)
+		st.hs.abortAll()
 		// Abort every endpoint (handlers blocked on I/O fail), stop the
 		// protocols, remove the NIC (which closes the link endpoint's
 		// write queue).
