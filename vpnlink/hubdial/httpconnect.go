@@ -64,7 +64,8 @@ func (d *httpDialer) connect(c net.Conn, addr string) (net.Conn, error) {
 	}
 	switch {
 	case resp.Code >= 200 && resp.Code <= 299:
-	case resp.Code == 407:
+	case resp.Code == 407, resp.Code == 401 && d.cfg.Username != "":
+		// tinyproxy (1.11) answers wrong credentials with 401
 		how := "no user name configured"
 		if d.cfg.Username != "" {
 			how = fmt.Sprintf("credentials of user %q not accepted", d.cfg.Username)
@@ -72,7 +73,7 @@ func (d *httpDialer) connect(c net.Conn, addr string) (net.Conn, error) {
 		if resp.ProxyAuthenticate != "" {
 			how += "; proxy asks for " + resp.ProxyAuthenticate
 		}
-		return nil, fmt.Errorf("%w (HTTP 407; %s)", ErrProxyAuthRequired, how)
+		return nil, fmt.Errorf("%w (HTTP %d; %s)", ErrProxyAuthRequired, resp.Code, how)
 	default:
 		return nil, fmt.Errorf("%w: HTTP %d %s", ErrProxyRefused, resp.Code, resp.Reason)
 	}
@@ -126,7 +127,7 @@ func readConnectResponse(br *bufio.Reader, max int) (connectResponse, error) {
 			}
 			return r, fmt.Errorf("reply to CONNECT cut short: %w", err)
 		}
-		line = bytes.TrimRight(line, "\r\n")
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 		if first {
 			first = false
 			if err := parseStatusLine(string(line), &r); err != nil {

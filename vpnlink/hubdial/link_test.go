@@ -355,4 +355,3 @@ func TestLinkSSH(t *testing.T) {
 		c.Close()
 	})
 }
-

@@ -222,10 +222,25 @@ func readConnectReply(r io.Reader) (string, error) {
 		if _, err := io.ReadFull(r, a[:n+2]); err != nil {
 			return "", err
 		}
-		return net.JoinHostPort(sanitize(string(a[:n]), 255), strconv.Itoa(int(binary.BigEndian.Uint16(a[n:])))), nil
+		return net.JoinHostPort(hostnameText(a[:n]), strconv.Itoa(int(binary.BigEndian.Uint16(a[n:])))), nil
 	}
 	return "", fmt.Errorf("%w: address type %d in connect reply", ErrBadProxyReply, h[3])
 }
 
 // Close does nothing: the dialer holds no connections of its own.
 func (d *socksDialer) Close() error { return nil }
+
+// hostnameText shows a host name from the network with every byte that
+// does not belong in one replaced by '?'.
+func hostnameText(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.', c == '_':
+			out[i] = c
+		default:
+			out[i] = '?'
+		}
+	}
+	return string(out)
+}

@@ -354,7 +354,8 @@ func (d *sshDialer) open(ctx context.Context, s *sshSession, addr string) (net.C
 		var oce *ssh.OpenChannelError
 		if errors.As(r.err, &oce) {
 			return nil, &Error{Kind: SSH, Proxy: d.cfg.Proxy, Op: "open channel", Target: addr,
-				Err: fmt.Errorf("%w: SSH server: %s: %s (is port forwarding allowed for %q?): %w", ErrProxyRefused, oce.Reason, sanitize(oce.Message, 120), d.cfg.Username, oce)}
+				Err: &wrapped{msg: fmt.Sprintf("%v: SSH server: %s (is port forwarding to %s allowed for %q?)", ErrProxyRefused, openFailText(oce), addr, d.cfg.Username),
+					errs: []error{ErrProxyRefused, oce}}}
 		}
 		return nil, &Error{Kind: SSH, Proxy: d.cfg.Proxy, Op: "open channel", Target: addr, Err: r.err}
 	}
@@ -459,4 +460,25 @@ func (d *sshDialer) Close() error {
 	}
 	d.wg.Wait()
 	return nil
+}
+
+// wrapped is an error with its own message that still matches errs.
+type wrapped struct {
+	msg  string
+	errs []error
+}
+
+func (w *wrapped) Error() string   { return w.msg }
+func (w *wrapped) Unwrap() []error { return w.errs }
+
+// openFailText is the reason and message of a refused channel, once each.
+func openFailText(e *ssh.OpenChannelError) string {
+	r, m := e.Reason.String(), sanitize(e.Message, 120)
+	if m == "" || strings.Contains(m, r) {
+		if m == "" {
+			return r
+		}
+		return m
+	}
+	return r + ": " + m
 }
