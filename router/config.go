@@ -69,7 +69,8 @@ type Config struct {
 
 	// NATLog writes one Info line per flow opened and closed (protocol,
 	// client, destination, bytes, duration, close reason), in the spirit of
-	// SoftEther's LH_NAT_* log lines (src/Cedar/Virtual.c NatLog calls).
+	// SoftEther's NAT log (src/Cedar/Virtual.c: NLog(v, "LH_NAT_TCP_CREATED",
+	// id, client ip/port, dest ip/port) and the matching deleted lines).
 	NATLog bool
 	// Logger receives the NAT log, rate-limited refusal lines and errors.
 	// Nil discards.

@@ -72,8 +72,8 @@
 // counters. With Config.NATLog every flow writes an Info line when it opens
 // and one when it closes (protocol, client → destination, bytes each way,
 // duration, close reason: fin, idle, evicted, shutdown, reset, error ...),
-// in the spirit of SoftEther's NAT log (src/Cedar/Virtual.c, LH_NAT_* log
-// strings).
+// in the spirit of SoftEther's NAT log (src/Cedar/Virtual.c CreateNatTcp:
+// NLog "LH_NAT_TCP_CREATED" with the session id, client and destination).
 //
 // # What it does not do
 //
