@@ -613,6 +613,10 @@ func TestConfigStringAndValidation(t *testing.T) {
 		{Config{Kind: SSH, Proxy: "p:22"}, "no SSH user name"},
 		{Config{Kind: SSH, Proxy: "p:22", Username: "u", InsecureIgnoreHostKey: true}, "private key file or a password"},
 		{Config{Kind: SSH, Proxy: "p:22", Username: "u", KeyFile: "/nonexistent/key"}, "/nonexistent/key"},
+		{Config{Kind: HTTP, Proxy: "p:1", KeyFile: "/k"}, "ssh:// only"},
+		{Config{Kind: SOCKS5, Proxy: "p:1", KnownHostsFile: "/k"}, "ssh:// only"},
+		{Config{Proxy: "p:1"}, "without a proxy kind"},
+		{Config{Kind: Direct, Password: "x"}, "without a proxy kind"},
 	}
 	for _, b := range bad {
 		_, err := New(b.cfg, nil)

@@ -24,7 +24,7 @@ import (
 // fakeServer is the common part of the test proxies: a loopback listener,
 // tracked connections and goroutines, DropAll, and a cleanup that waits.
 type fakeServer struct {
-	t      *testing.T
+	t      testing.TB
 	ln     net.Listener
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -33,7 +33,7 @@ type fakeServer struct {
 	tunnel atomic.Int64 // tunnels to the target made
 }
 
-func newFakeServer(t *testing.T, handle func(net.Conn)) *fakeServer {
+func newFakeServer(t testing.TB, handle func(net.Conn)) *fakeServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -118,7 +118,7 @@ type httpProxy struct {
 	lastAuth   atomic.Value
 }
 
-func newHTTPProxy(t *testing.T, user, pass string) *httpProxy {
+func newHTTPProxy(t testing.TB, user, pass string) *httpProxy {
 	p := &httpProxy{user: user, pass: pass}
 	p.fakeServer = newFakeServer(t, p.handle)
 	return p
@@ -169,7 +169,7 @@ type socksProxy struct {
 	lastTarget atomic.Value
 }
 
-func newSOCKSProxy(t *testing.T, user, pass string) *socksProxy {
+func newSOCKSProxy(t testing.TB, user, pass string) *socksProxy {
 	p := &socksProxy{user: user, pass: pass}
 	p.fakeServer = newFakeServer(t, p.handle)
 	return p
@@ -274,7 +274,7 @@ type sshServer struct {
 	sinkStarted chan struct{}
 }
 
-func newSSHServer(t *testing.T, user, pass string, authorized ssh.PublicKey) *sshServer {
+func newSSHServer(t testing.TB, user, pass string, authorized ssh.PublicKey) *sshServer {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -415,13 +415,13 @@ func (c chanAsConn) Close() error                { return c.Channel.Close() }
 // ----------------------------------------------------------- helpers --
 
 // echoServer is a TCP echo server on loopback (a stand-in target).
-func echoServer(t *testing.T) *fakeServer {
+func echoServer(t testing.TB) *fakeServer {
 	var s *fakeServer
 	s = newFakeServer(t, func(c net.Conn) { io.Copy(c, c) })
 	return s
 }
 
-func newTestKey(t *testing.T) ssh.Signer {
+func newTestKey(t testing.TB) ssh.Signer {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +433,7 @@ func newTestKey(t *testing.T) ssh.Signer {
 	return s
 }
 
-func newRawKey(t *testing.T) (ssh.Signer, ed25519.PrivateKey) {
+func newRawKey(t testing.TB) (ssh.Signer, ed25519.PrivateKey) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -447,7 +447,7 @@ func newRawKey(t *testing.T) (ssh.Signer, ed25519.PrivateKey) {
 
 func pemEncode(b *pem.Block) []byte { return pem.EncodeToMemory(b) }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 20e9)
 	t.Cleanup(cancel)
 	return ctx

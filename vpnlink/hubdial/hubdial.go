@@ -212,6 +212,12 @@ func New(cfg Config, logger *slog.Logger) (Dialer, error) {
 			return nil, cerr("proxy address %q is not host:port", cfg.Proxy)
 		}
 	}
+	if cfg.Kind != SSH && (cfg.KeyFile != "" || cfg.KeyPassphraseFile != "" || cfg.KnownHostsFile != "" || cfg.InsecureIgnoreHostKey) {
+		return nil, cerr("SSH key, known_hosts and host key options apply to ssh:// only, not to %s", cfg.Kind)
+	}
+	if cfg.Kind == Direct && (cfg.Username != "" || cfg.Password != "" || cfg.Proxy != "") {
+		return nil, cerr("proxy address or credentials given without a proxy kind")
+	}
 	logger = logger.With("proxy", cfg.String())
 	switch cfg.Kind {
 	case Direct:

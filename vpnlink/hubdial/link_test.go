@@ -247,7 +247,7 @@ type sshFixture struct {
 	dir        string
 }
 
-func newSSHFixture(t *testing.T) *sshFixture {
+func newSSHFixture(t testing.TB) *sshFixture {
 	dir := t.TempDir()
 	keyFile, pub := writeKey(t, dir, "id_ed25519", "")
 	srv := newSSHServer(t, "tunnel", "ssh-pass", pub)
@@ -265,7 +265,7 @@ func (f *sshFixture) config() Config {
 
 // writeKey writes a new ed25519 private key in OpenSSH form (encrypted when
 // passphrase is set).
-func writeKey(t *testing.T, dir, name, passphrase string) (string, ssh.PublicKey) {
+func writeKey(t testing.TB, dir, name, passphrase string) (string, ssh.PublicKey) {
 	t.Helper()
 	signer, priv := newRawKey(t)
 	var blockBytes []byte
