@@ -89,6 +89,14 @@ func TestProxyToHub(t *testing.T) {
 	t.Run("SSH", func(t *testing.T) {
 		proxyLink(t, env, hubdial.Config{Kind: hubdial.SSH, Proxy: net.JoinHostPort(pxlIP, sshPort), Username: "root",
 			KeyFile: env.keyFile, KeyPassphraseFile: env.passFile, KnownHostsFile: env.knownHosts})
+		// login, kill, re-login: every hub connection rode on one SSH login
+		b, err := os.ReadFile(filepath.Join(lab.State, "logs", "proxy-sshd.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(b), "Accepted publickey for root"); n != 1 {
+			t.Errorf("sshd accepted %d logins, want 1 (the SSH connection is reused for redials)", n)
+		}
 	})
 	t.Run("SSHHostKeyMismatch", func(t *testing.T) {
 		_, other := genKey(t, env.dir, "other_host_key", "")
