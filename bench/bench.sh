@@ -30,6 +30,7 @@ export TOPO_UDP_ACCEL="${TOPO_UDP_ACCEL:-0}"
 : "${BENCH_IPERF_RUNS:=3}"
 : "${BENCH_IPERF_TIME:=10}"          # seconds per iperf3 run
 : "${BENCH_DHCP_RUNS:=5}"
+: "${BENCH_LATE_RUNS:=2}"            # extra SecureNAT/cascade upload runs at the end (slow/fast mode check)
 : "${BENCH_CPS_LEVELS:=1 32 128}"
 : "${BENCH_CPS_TIME:=3}"             # seconds per conn/s level
 : "${BENCH_CONNECT_N:=300}"
@@ -45,12 +46,14 @@ export TOPO_UDP_ACCEL="${TOPO_UDP_ACCEL:-0}"
 : "${BENCH_GO_PKGS:=./vpnlink/... ./netstack/... ./router/...}"
 : "${BENCH_BUDGET_S:=1080}"          # 18 minutes
 : "${BENCH_KEEP:=0}"                 # 1: leave the lab up afterwards
+: "${BENCH_FROM_HEAD:=0}"            # 1: build and micro-benchmark the committed HEAD (git archive), not the work tree
 : "${BENCH_RESULTS:=$ROOT/bench/RESULTS.md}"
 : "${BENCH_ECHO_PORT:=9000}"
 : "${BENCH_STATUS:=127.0.0.1:8765}"
 : "${BENCH_ACROUTER_FLAGS:=--max-sessions 65536 --max-sessions-per-client 65536 --nat-log=false --dns-rate-limit 1048576}"
 RUN_AS="${BENCH_USER:-nobody}"
 
+SRC=$ROOT                           # what is built and micro-benchmarked (BENCH_FROM_HEAD=1: an export of HEAD)
 LAB="bash $ROOT/lab/lab.sh"
 TOPO="bash $ROOT/bench/topology.sh"
 OUT="$LAB_STATE/runs/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -81,6 +84,8 @@ bridge_pid() { pidfile_pid "$LAB_STATE/topology/vpnbridge.pid"; }
 router_pid() { # the process doing the NAT on a path
 	case "$1" in acrouter) echo "${ACR_PID:-}" ;; securenat) server_pid ;; cascade) bridge_pid ;; *) echo "" ;; esac
 }
+host_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+busy_pct() { awk -v a="$1" -v b="$2" 'BEGIN{split(a,x," "); split(b,y," "); d=y[2]-x[2]; if (d <= 0) print 0; else printf "%.0f", (y[1]-x[1])/d*100}'; }
 pct() { awk -v a="$1" -v b="$2" -v hz="$HZ" -v ns="$3" 'BEGIN{ if (ns <= 0) print 0; else printf "%.1f", (b-a)/hz/(ns/1e9)*100 }'; }
 
 ACR_PID="" ECHO_PID="" BG_PIDS=()
@@ -155,7 +160,7 @@ setup() {
 	$LAB install >>"$OUT/log.txt" 2>&1 || die "lab.sh install (see $OUT/log.txt)"
 	say "building acrouter, tcpbench and the report tool"
 	mkdir -p "$BIN"; chmod 755 "$LAB_STATE" "$BIN"
-	timeout 600 go build -o "$BIN/acrouter" ./cmd/acrouter || die "go build acrouter"
+	(cd "$SRC" && timeout 600 go build -o "$BIN/acrouter" ./cmd/acrouter) || die "go build acrouter ($SRC)"
 	CGO_ENABLED=0 timeout 300 go build -o "$TB" ./bench/tcpbench || die "go build tcpbench"
 	timeout 300 go build -o "$BIN/report" ./bench/report || die "go build report"
 	say "lab up ($LAB_PREFIX, state $LAB_STATE, hub logs $LAB_HUB_LOGS)"
@@ -197,7 +202,7 @@ meta() {
 	local mem; mem=$(awk '/^MemTotal:/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
 	local cpu; cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 	local commit; commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-	git diff --quiet HEAD -- cmd vpnlink netstack router 2>/dev/null || commit="$commit+uncommitted"
+	[ "$SRC" != "$ROOT" ] || git diff --quiet HEAD -- cmd vpnlink netstack router go.mod go.sum 2>/dev/null || commit="$commit + uncommitted changes"
 	rec meta meta "$(printf '{"date":"%s","nproc":%s,"cpu":"%s","mem":"%s","kernel":"%s","go":"%s","server":"%s","os":"%s","commit":"%s","cascade":"%s","udp_accel":"%s","hub_logs":"%s","acrouter_flags":"%s","loadavg":"%s","iperf3":"%s"}' \
 		"$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$cpu" "$mem" "$(uname -r)" "$(go env GOVERSION)" "$srv" \
 		"$(. /etc/os-release && echo "$PRETTY_NAME")" "$commit" "$CASCADE_LABEL" "$TOPO_UDP_ACCEL" "$LAB_HUB_LOGS" \
@@ -248,26 +253,26 @@ bench_connect() {
 	say "$p: rr + connect done (drain $(drain "$p"))"
 }
 bench_cps() {
-	local p=$1 c j pid t0 t1 w0 w1; pid=$(router_pid "$p")
+	local p=$1 c j pid spid t0 t1 s0 s1 h0 h1 w0 w1; pid=$(router_pid "$p"); spid=$(server_pid)
 	for c in $BENCH_CPS_LEVELS; do
 		budget_left || { skip "$p" "cps $c"; continue; }
 		local d; d=$(drain "$p")
-		t0=$(cpu_ticks "${pid:-0}"); w0=$(now_ns)
+		t0=$(cpu_ticks "${pid:-0}"); s0=$(cpu_ticks "${spid:-0}"); h0=$(host_busy); w0=$(now_ns)
 		j=$(tcpb "$p" cps -a "$LAB_LAN_IP:$BENCH_ECHO_PORT" -c "$c" -d "${BENCH_CPS_TIME}s" | json_or_null)
-		t1=$(cpu_ticks "${pid:-0}"); w1=$(now_ns)
-		rec "$p" "cps-$c" "{\"result\":$j,\"router_cpu_pct\":$(pct "$t0" "$t1" $((w1 - w0))),\"drained\":\"$d\"}"
+		t1=$(cpu_ticks "${pid:-0}"); s1=$(cpu_ticks "${spid:-0}"); h1=$(host_busy); w1=$(now_ns)
+		rec "$p" "cps-$c" "{\"result\":$j,\"router_cpu_pct\":$(pct "$t0" "$t1" $((w1 - w0))),\"server_cpu_pct\":$(pct "$s0" "$s1" $((w1 - w0))),\"host_busy_pct\":$(busy_pct "$h0" "$h1"),\"drained\":\"$d\"}"
 	done
 	say "$p: conn/s done"
 }
 
 # iperf3 one run: path dir(up|down) run#
-iperf_once() {
-	local p=$1 dir=$2 n=$3 ns; ns=$(client_ns "$p")
+iperf_once() { # path dir run [tag]
+	local p=$1 dir=$2 n=$3 tag=${4:-} ns; ns=$(client_ns "$p")
 	local pid spid; pid=$(router_pid "$p"); spid=$(server_pid)
 	local f="$OUT/iperf-$p-$dir-$n.json" rev=(); [ "$dir" = down ] && rev=(-R)
 	local m0="" m1=""; [ "$p" = acrouter ] && metrics >"$OUT/metrics-$p-$dir-$n.before"
-	local t0 s0 w0 t1 s1 w1 maxrss=0 r
-	t0=$(cpu_ticks "${pid:-0}"); s0=$(cpu_ticks "${spid:-0}"); w0=$(now_ns)
+	local t0 s0 w0 t1 s1 w1 h0 h1 maxrss=0 r
+	t0=$(cpu_ticks "${pid:-0}"); s0=$(cpu_ticks "${spid:-0}"); h0=$(host_busy); w0=$(now_ns)
 	timeout -k 5 $((BENCH_IPERF_TIME + 25)) ip netns exec "$ns" iperf3 -c "$LAB_LAN_IP" -p "${LAB_IPERF_PORTS%% *}" \
 		-t "$BENCH_IPERF_TIME" -J "${rev[@]}" >"$f" 2>&1 &
 	local ip=$! i
@@ -277,10 +282,10 @@ iperf_once() {
 		sleep 0.5
 	done
 	wait "$ip" || true
-	t1=$(cpu_ticks "${pid:-0}"); s1=$(cpu_ticks "${spid:-0}"); w1=$(now_ns)
+	t1=$(cpu_ticks "${pid:-0}"); s1=$(cpu_ticks "${spid:-0}"); h1=$(host_busy); w1=$(now_ns)
 	[ "$p" = acrouter ] && metrics >"$OUT/metrics-$p-$dir-$n.after"
-	rec "$p" "iperf-$dir" "$(printf '{"run":%d,"file":"%s","router_cpu_pct":%s,"server_cpu_pct":%s,"router_rss_max_kb":%d}' \
-		"$n" "$f" "$(pct "$t0" "$t1" $((w1 - w0)))" "$(pct "$s0" "$s1" $((w1 - w0)))" "$maxrss")"
+	rec "$p" "iperf-$dir" "$(printf '{"run":%d,"tag":"%s","file":"%s","router_cpu_pct":%s,"server_cpu_pct":%s,"host_busy_pct":%s,"router_rss_max_kb":%d}' \
+		"$n" "$tag" "$f" "$(pct "$t0" "$t1" $((w1 - w0)))" "$(pct "$s0" "$s1" $((w1 - w0)))" "$(busy_pct "$h0" "$h1")" "$maxrss")"
 }
 bench_iperf() { # interleaved across paths so background load hits every path alike
 	local n p dir
@@ -300,7 +305,7 @@ bench_hold() { # path: RSS/CPU with N idle sessions, then the bounded max-sessio
 	local ready="$OUT/ready-$p" j d
 	d=$(drain "$p")
 	rm -f "$ready"
-	tcpb "$p" hold -a "$LAB_LAN_IP:$BENCH_ECHO_PORT" -n "$BENCH_IDLE_SESSIONS" -rate 4000 -p 256 \
+	tcpb "$p" hold -a "$LAB_LAN_IP:$BENCH_ECHO_PORT" -n "$BENCH_IDLE_SESSIONS" -rate 1500 -p 128 \
 		-hold "$((BENCH_SAMPLE_S + 3))s" -ready "$ready" -max 30s >"$OUT/hold-$p.json" &
 	local hp=$! i
 	BG_PIDS+=("$hp")
@@ -336,7 +341,7 @@ bench_hold() { # path: RSS/CPU with N idle sessions, then the bounded max-sessio
 bench_go() {
 	say "Go micro-benchmarks ($BENCH_GO_PKGS, -benchtime $BENCH_GO_BENCHTIME)"
 	# shellcheck disable=SC2086
-	timeout -k 10 600 go test -run '^$' -bench . -benchmem -benchtime "$BENCH_GO_BENCHTIME" -timeout 9m $BENCH_GO_PKGS \
+	(cd "$SRC" && timeout -k 10 600 go test -run '^$' -bench . -benchmem -benchtime "$BENCH_GO_BENCHTIME" -timeout 9m $BENCH_GO_PKGS) \
 		>"$OUT/gobench.txt" 2>&1 || say "warning: go test -bench failed (see $OUT/gobench.txt); recording what ran"
 	rec go gobench "\"$OUT/gobench.txt\""
 }
@@ -347,6 +352,12 @@ main() {
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
 	say "results in $OUT (budget ${BENCH_BUDGET_S}s, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+	if [ "$BENCH_FROM_HEAD" = 1 ]; then
+		SRC="$LAB_STATE/src"
+		rm -rf "$SRC"; mkdir -p "$SRC"
+		git archive HEAD | tar -x -C "$SRC" || die "git archive HEAD"
+		say "building and micro-benchmarking HEAD $(git rev-parse --short HEAD) (exported to $SRC)"
+	fi
 	[ "$BENCH_GO" = 1 ] && bench_go
 	setup
 	meta
@@ -358,6 +369,16 @@ main() {
 	done
 	bench_iperf
 	for p in $BENCH_PATHS; do budget_left && bench_hold "$p" || skip "$p" "sessions"; done
+	# SecureNAT's upload flips between a slow and a fast mode minutes after the server started:
+	# a second look at the end of the run, labelled "late"
+	local n
+	for ((n = 1; n <= BENCH_LATE_RUNS; n++)); do
+		for p in securenat cascade; do
+			[[ " $BENCH_PATHS " == *" $p "* ]] || continue
+			budget_left || { skip "$p" "late iperf up $n"; continue; }
+			iperf_once "$p" up $((BENCH_IPERF_RUNS + n)) late; sleep 1
+		done
+	done
 	rec meta cascade "\"$($TOPO label 2>/dev/null | tr -d '"')\""
 	rec meta end "$(printf '{"seconds":%d,"loadavg":"%s"}' $((SECONDS - T_START)) "$(cut -d' ' -f1-3 /proc/loadavg)")"
 	"$BIN/report" -in "$RES" -out "$BENCH_RESULTS" -raw "$OUT" | tee "$OUT/table.md"

@@ -140,6 +140,8 @@ func (e errs) String() string {
 
 type iperfRec struct {
 	Run         int     `json:"run"`
+	Tag         string  `json:"tag"`
+	HostBusy    float64 `json:"host_busy_pct"`
 	File        string  `json:"file"`
 	RouterCPU   float64 `json:"router_cpu_pct"`
 	ServerCPU   float64 `json:"server_cpu_pct"`
@@ -160,6 +162,8 @@ type iperfOut struct {
 
 type iperfRun struct {
 	Gbps, Retr, RouterCPU, ServerCPU, RSSKB float64
+	HostBusy                                float64
+	Late                                    bool
 	Err                                     string
 	Run                                     int
 	File                                    string
@@ -172,7 +176,8 @@ func (r *run) iperf(path, dir string) []iperfRun {
 		if json.Unmarshal(m, &rec) != nil {
 			continue
 		}
-		x := iperfRun{Run: rec.Run, File: rec.File, RouterCPU: rec.RouterCPU, ServerCPU: rec.ServerCPU, RSSKB: rec.RouterRSSKB}
+		x := iperfRun{Run: rec.Run, File: rec.File, RouterCPU: rec.RouterCPU, ServerCPU: rec.ServerCPU, RSSKB: rec.RouterRSSKB,
+			HostBusy: rec.HostBusy, Late: rec.Tag == "late"}
 		var o iperfOut
 		b, err := os.ReadFile(rec.File)
 		if err == nil {
@@ -307,13 +312,12 @@ func (r *run) write(w io.Writer) {
 		s, v := val(func(p string) (string, float64) {
 			runs := r.iperf(p, d.dir)
 			var g, fast []float64
-			var labels []string
+			var labels, late []string
 			for _, x := range runs {
 				if x.Err != "" {
 					labels = append(labels, "fail")
 					continue
 				}
-				g = append(g, x.Gbps)
 				l := fnum(x.Gbps, 2)
 				if d.dir == "up" && (p == "securenat" || p == "cascade") {
 					if slowMode(x.Gbps) {
@@ -323,18 +327,27 @@ func (r *run) write(w io.Writer) {
 						fast = append(fast, x.Gbps)
 					}
 				}
+				if x.Late {
+					late = append(late, l)
+					continue
+				}
+				g = append(g, x.Gbps)
 				labels = append(labels, l)
 			}
 			if len(g) == 0 {
 				return "–", math.NaN()
 			}
 			fastMed[slices.Index(paths, p)] = median(fast)
-			return fmt.Sprintf("%s (%s) [%s]", fnum(median(g), 2), fnum(slices.Min(g), 2), strings.Join(labels, ", ")), median(g)
+			t := fmt.Sprintf("%s (%s) [%s]", fnum(median(g), 2), fnum(slices.Min(g), 2), strings.Join(labels, ", "))
+			if len(late) > 0 {
+				t += fmt.Sprintf("; at the end of the run: [%s]", strings.Join(late, ", "))
+			}
+			return t, median(g)
 		})
 		rat := ratio(v[0], v[1])
 		if d.dir == "up" {
 			if f := fastMed[1]; f > 0 && !math.IsNaN(f) {
-				rat = ratio(v[0], f) + " (vs fast mode)"
+				rat = ratio(v[0], f) + " (vs SecureNAT's fast-mode median)"
 			} else if !math.IsNaN(v[1]) {
 				rat += " (vs slow mode only)"
 			}
@@ -343,7 +356,7 @@ func (r *run) write(w io.Writer) {
 		s, v = val(func(p string) (string, float64) {
 			var x []float64
 			for _, it := range r.iperf(p, d.dir) {
-				if it.Err == "" {
+				if it.Err == "" && !it.Late {
 					x = append(x, it.Retr)
 				}
 			}
@@ -351,21 +364,28 @@ func (r *run) write(w io.Writer) {
 		})
 		add("  retransmits (median)", "", ratio(v[0], v[1]), s[:]...)
 		s, v = val(func(p string) (string, float64) {
-			var rc, sc []float64
+			var rc, sc, hb []float64
 			for _, it := range r.iperf(p, d.dir) {
-				if it.Err == "" {
-					rc, sc = append(rc, it.RouterCPU), append(sc, it.ServerCPU)
+				if it.Err == "" && !it.Late {
+					rc, sc, hb = append(rc, it.RouterCPU), append(sc, it.ServerCPU), append(hb, it.HostBusy)
 				}
 			}
-			if p == "veth" || len(rc) == 0 {
+			if len(rc) == 0 {
 				return "–", math.NaN()
 			}
-			if p == "securenat" {
-				return fmt.Sprintf("%s %%", fnum(median(rc), 0)), median(rc)
+			host := ""
+			if median(hb) > 0 {
+				host = fmt.Sprintf("; host %s %% busy", fnum(median(hb), 0))
 			}
-			return fmt.Sprintf("%s %% (+ vpnserver %s %%)", fnum(median(rc), 0), fnum(median(sc), 0)), median(rc)
+			switch p {
+			case "veth":
+				return "kernel" + host, math.NaN()
+			case "securenat":
+				return fmt.Sprintf("%s %%%s", fnum(median(rc), 0), host), median(rc)
+			}
+			return fmt.Sprintf("%s %% + vpnserver %s %%%s", fnum(median(rc), 0), fnum(median(sc), 0), host), median(rc)
 		})
-		add("  router process CPU (of one core)", "", ratio(v[0], v[1]), s[:]...)
+		add("  router process CPU, % of one core (2 cores in all)", "", ratio(v[0], v[1]), s[:]...)
 	}
 
 	// connect
@@ -410,7 +430,9 @@ func (r *run) write(w io.Writer) {
 					Errors   errs    `json:"errors"`
 					Total    latency `json:"total"`
 				} `json:"result"`
-				CPU float64 `json:"router_cpu_pct"`
+				CPU       float64 `json:"router_cpu_pct"`
+				ServerCPU float64 `json:"server_cpu_pct"`
+				HostBusy  float64 `json:"host_busy_pct"`
 			}
 			if !r.one(p, fmt.Sprintf("cps-%d", c), &x) || x.Result.OK == 0 && x.Result.Errors.Total == 0 {
 				return "–", math.NaN()
@@ -422,8 +444,14 @@ func (r *run) write(w io.Writer) {
 			if x.Result.Errors.Total > 0 {
 				t += " errors: " + x.Result.Errors.String()
 			}
-			if p != "veth" {
-				t += fmt.Sprintf(", CPU %s %%", fnum(x.CPU, 0))
+			switch p {
+			case "securenat":
+				t += fmt.Sprintf("; vpnserver %s %%", fnum(x.CPU, 0))
+			case "acrouter", "cascade":
+				t += fmt.Sprintf("; %s %s %% + vpnserver %s %%", map[string]string{"acrouter": "acrouter", "cascade": "vpnbridge"}[p], fnum(x.CPU, 0), fnum(x.ServerCPU, 0))
+			}
+			if x.HostBusy > 0 {
+				t += fmt.Sprintf("; host %s %% busy", fnum(x.HostBusy, 0))
 			}
 			return t, x.Result.ConnPerS
 		})
@@ -512,7 +540,11 @@ func (r *run) write(w io.Writer) {
 		if !r.one(p, "idle-sessions", &h) || h.Sample == nil {
 			return "–", math.NaN()
 		}
-		return fmt.Sprintf("%s (%d sessions held)", fmb(h.Sample.RSS), h.Result.AliveAfterOpen), h.Sample.RSS
+		t := fmt.Sprintf("%s (%d established", fmb(h.Sample.RSS), h.Result.Established)
+		if h.Result.AliveAfterOpen != h.Result.Established || h.Result.AliveAfterHold != h.Result.Established {
+			t += fmt.Sprintf("; answering: %d after opening, %d after the hold", h.Result.AliveAfterOpen, h.Result.AliveAfterHold)
+		}
+		return t + ")", h.Sample.RSS
 	})
 	add(fmt.Sprintf("router RSS with %s idle sessions", r.idleN()), "≤ 64 MB", ratio(v[0], v[1]), s[:]...)
 	s, v = val(func(p string) (string, float64) {
