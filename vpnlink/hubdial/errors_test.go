@@ -447,6 +447,37 @@ func TestSSHErrors(t *testing.T) {
 			t.Fatalf("dial after Close: %v, want net.ErrClosed", err)
 		}
 	})
+	t.Run("KeepAliveUnanswered", func(t *testing.T) {
+		f := newSSHFixture(t)
+		f.srv.deafKeepAlive.Store(true)
+		cfg := f.config()
+		cfg.KeepAlive = 10 * time.Millisecond
+		dl, _ := New(cfg, testLogger(t))
+		defer dl.Close()
+		d := dl.(*sshDialer)
+		c, err := d.DialContext(ctxT(t), "tcp", echo.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		d.mu.Lock()
+		s := d.cur
+		d.mu.Unlock()
+		select { // the watchdog ends the connection after two intervals
+		case <-s.dead:
+		case <-ctxT(t).Done():
+			t.Fatal("SSH connection still up although no keep-alive was answered")
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("channel Read after the connection was dropped: %v, want it ended", err)
+		}
+		f.srv.deafKeepAlive.Store(false)
+		echoCheck(t, d, echo.Addr())
+		if n := f.srv.handshakes.Load(); n != 2 {
+			t.Fatalf("%d SSH handshakes, want 2 (a new connection after the dead one)", n)
+		}
+	})
 	t.Run("KeepAlive", func(t *testing.T) {
 		f := newSSHFixture(t)
 		cfg := f.config()

@@ -260,18 +260,19 @@ func (p *socksProxy) handle(c net.Conn) {
 
 type sshServer struct {
 	*fakeServer
-	hostKey     ssh.Signer
-	user        string
-	pass        string
-	authorized  ssh.PublicKey
-	noForward   atomic.Bool // reject direct-tcpip with Prohibited
-	sink        atomic.Bool // accept direct-tcpip but never read from it
-	handshakes  atomic.Int64
-	lastTarget  atomic.Value
-	sshConnsMu  sync.Mutex
-	sshConns    []*ssh.ServerConn
-	keepalives  atomic.Int64
-	sinkStarted chan struct{}
+	hostKey       ssh.Signer
+	user          string
+	pass          string
+	authorized    ssh.PublicKey
+	noForward     atomic.Bool // reject direct-tcpip with Prohibited
+	deafKeepAlive atomic.Bool // leave keep-alive requests unanswered
+	sink          atomic.Bool // accept direct-tcpip but never read from it
+	handshakes    atomic.Int64
+	lastTarget    atomic.Value
+	sshConnsMu    sync.Mutex
+	sshConns      []*ssh.ServerConn
+	keepalives    atomic.Int64
+	sinkStarted   chan struct{}
 }
 
 func newSSHServer(t testing.TB, user, pass string, authorized ssh.PublicKey) *sshServer {
@@ -323,6 +324,9 @@ func (s *sshServer) handle(c net.Conn) {
 		for r := range reqs {
 			if r.Type == "keepalive@openssh.com" {
 				s.keepalives.Add(1)
+				if s.deafKeepAlive.Load() {
+					continue // never answered: a black-holed server
+				}
 			}
 			if r.WantReply {
 				r.Reply(false, nil)
