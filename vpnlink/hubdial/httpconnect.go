@@ -24,8 +24,9 @@ type httpDialer struct {
 
 // DialContext connects to the proxy and asks it to CONNECT to addr (RFC 9110
 // §9.3.6). On a 2xx reply the connection carries the bytes to and from addr.
-// SoftEther's client does the same (ProxyConnectEx3 in src/Mayaqua/Network.c:
-// CONNECT with Proxy-Authorization: Basic; 407 means wrong credentials).
+// SoftEther's client does the same (ProxyHttpConnect in src/Mayaqua/Proxy.c,
+// which takes 401, 403 and 407 as an authentication failure; here 403 is
+// reported as a refusal, since proxies send it for access rules).
 func (d *httpDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	if err := checkTarget(network, addr); err != nil {
 		return nil, &Error{Kind: HTTP, Proxy: d.cfg.Proxy, Op: "CONNECT", Target: addr, Err: err}

@@ -11,12 +11,13 @@
 //	defer d.Close()
 //	link, err := vpnlink.Dial(ctx, vpnlink.Config{..., Dial: d.DialContext})
 //
-// The proxy kinds follow SoftEther's client options (ProxyType
-// PROXY_DIRECT/PROXY_HTTP/PROXY_SOCKS5 and ProxyName/ProxyPort/ProxyUsername/
-// ProxyPassword in CLIENT_OPTION, src/Cedar/Cedar.h; the HTTP CONNECT and
-// SOCKS exchanges are ProxyConnectEx3/SocksConnectEx2 in src/Cedar/Protocol.c
-// and src/Mayaqua/Network.c). The HTTP CONNECT and SOCKS5 clients are
-// written here; SSH uses golang.org/x/crypto/ssh.
+// The proxy kinds follow SoftEther's client (proxy types PROXY_DIRECT,
+// PROXY_HTTP, PROXY_SOCKS5 in src/Cedar/Cedar.h; its exchanges are
+// ProxyHttpConnect and ProxySocks5Connect in src/Mayaqua/Proxy.c: CONNECT
+// with Proxy-Authorization: Basic, success on any 2xx; SOCKS5 offering "no
+// authentication" and username/password, a host name sent as ATYP 3). The
+// HTTP CONNECT and SOCKS5 clients are written here; SSH uses
+// golang.org/x/crypto/ssh.
 //
 // Passwords and passphrases never reach logs or error messages.
 package hubdial
