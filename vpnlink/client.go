@@ -74,25 +74,56 @@ type Status struct {
 	FramesIn, FramesOut, BytesIn, BytesOut uint64
 	BatchesOut                             uint64 // TLS writes carrying frames
 	KeepAlivesIn, KeepAlivesOut            uint64
-	DropRxQueue                            uint64 // received while the receive queue was full
-	DropTxQueue                            uint64 // written while the send queue was full
-	DropOversize                           uint64 // frames over MaxFrameSize (either way)
-	LostInFlight                           uint64 // frames of a batch whose write failed
-	Queued                                 int    // frames waiting to be sent
+	// DropRxQueue is always 0: when the receive queue is full the reader
+	// waits (RecvStalls) instead of dropping, so TCP flow control slows the
+	// server rather than the inner flows losing packets inside this process.
+	DropRxQueue  uint64
+	RecvStalls   uint64 // times the reader waited for a full receive queue
+	DropTxQueue  uint64 // written while the send queue was full
+	DropOversize uint64 // frames over MaxFrameSize (either way)
+	LostInFlight uint64 // frames of a batch whose write failed
+	Queued       int    // frames waiting to be sent
 
 	LastError   error // last connection error (nil if none)
 	LastErrorAt time.Time
 }
 
-type frameBuf struct {
-	n int
-	b [proto.MaxPacketSize]byte
+// Received frames travel from the reader goroutine to ReadFrame(s) in
+// batches: one channel operation and at most one goroutine wake-up per
+// batch instead of per frame, and the consumer gets every frame that arrived
+// together at once (netstack coalesces them into fewer, larger TCP segments
+// and ACKs). A batch is passed on when it is full or when the next record is
+// not yet buffered, so a lone frame never waits for more.
+const (
+	rxBatchFrames = 64
+	rxBatchBytes  = 64 << 10 // ≥ 40 frames of MaxFrameSize
+)
+
+// rxBatch holds received frames back to back: frame i is buf[off[i]:off[i+1]].
+type rxBatch struct {
+	n   int
+	off [rxBatchFrames + 1]int32
+	buf [rxBatchBytes]byte
 }
+
+// tail is where the next frame is read to (room for a MaxFrameSize frame).
+func (b *rxBatch) tail() []byte {
+	o := int(b.off[b.n])
+	return b.buf[o : o+proto.MaxPacketSize]
+}
+
+func (b *rxBatch) add(n int)          { b.off[b.n+1] = b.off[b.n] + int32(n); b.n++ }
+func (b *rxBatch) frame(i int) []byte { return b.buf[b.off[i]:b.off[i+1]] }
+func (b *rxBatch) full() bool {
+	return b.n == rxBatchFrames || rxBatchBytes-int(b.off[b.n]) < proto.MaxPacketSize
+}
+func (b *rxBatch) reset() *rxBatch { b.n = 0; return b }
 
 type stats struct {
 	framesIn, framesOut, bytesIn, bytesOut, batchesOut atomic.Uint64
 	keepAlivesIn, keepAlivesOut                        atomic.Uint64
-	dropRx, dropTx, dropOversize, dropOversizeIn       atomic.Uint64
+	dropTx, dropOversize, dropOversizeIn               atomic.Uint64
+	recvStalls                                         atomic.Uint64
 	lostInFlight                                       atomic.Uint64
 }
 
@@ -110,8 +141,13 @@ type Client struct {
 	closed chan struct{}
 	once   sync.Once
 
-	in   chan *frameBuf
-	pool sync.Pool
+	// Receive queue: batches from the reader, and the batch ReadFrame(s)
+	// is consuming (guarded by rmu).
+	in     chan *rxBatch
+	rxPool sync.Pool
+	rmu    sync.Mutex
+	cur    *rxBatch
+	curIdx int
 
 	// Send queue: one growing batch (4-byte count placeholder + blocks)
 	// and a spare that the writer swaps in.
@@ -143,12 +179,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		log:    cfg.Logger.With("server", cfg.Server, "hub", cfg.Hub, "user", cfg.User),
 		trust:  &trust{server: cfg.Server, pin: pin, insecure: cfg.InsecureSkipVerify, file: cfg.knownHostsPath()},
 		closed: make(chan struct{}),
-		in:     make(chan *frameBuf, cfg.RecvQueue),
+		in:     make(chan *rxBatch, max(2, cfg.RecvQueue/rxBatchFrames)),
 		qbuf:   make([]byte, 4, initialBatch),
 		qspare: make([]byte, 4, initialBatch),
 		kick:   make(chan struct{}, 1),
 	}
-	c.pool.New = func() any { return new(frameBuf) }
+	c.rxPool.New = func() any { return new(rxBatch) }
 	c.reconnectDelay = c.backoff
 	rand.Read(c.uniqueID[:])
 	c.st = Status{State: StateConnecting, Server: cfg.Server, Hub: cfg.Hub, User: cfg.User}
@@ -177,8 +213,8 @@ func Check(ctx context.Context, cfg Config) (Status, error) {
 	return st, nil
 }
 
-func (c *Client) getBuf() *frameBuf  { return c.pool.Get().(*frameBuf) }
-func (c *Client) putBuf(b *frameBuf) { c.pool.Put(b) }
+func (c *Client) getBatch() *rxBatch  { return c.rxPool.Get().(*rxBatch).reset() }
+func (c *Client) putBatch(b *rxBatch) { c.rxPool.Put(b) }
 
 // established records a new live connection and starts its goroutines.
 // wel is nil for a resumed session.
@@ -415,19 +451,65 @@ func backoffDelay(lo, hi time.Duration, attempt int, permanent bool, r float64) 
 // returns an error wrapping net.ErrClosed. Frames keep flowing across
 // reconnects.
 func (c *Client) ReadFrame(p []byte) (int, error) {
-	select {
-	case fb := <-c.in:
-		n := fb.n
-		if n > len(p) {
-			c.putBuf(fb)
-			return 0, fmt.Errorf("vpnlink: %d-byte frame does not fit a %d-byte buffer (dropped)", n, len(p))
-		}
-		copy(p, fb.b[:n])
-		c.putBuf(fb)
-		return n, nil
-	case <-c.closed:
-		return 0, fmt.Errorf("vpnlink: %w", net.ErrClosed)
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	f, err := c.nextFrameLocked()
+	if err != nil {
+		return 0, err
 	}
+	if len(f) > len(p) {
+		return 0, fmt.Errorf("vpnlink: %d-byte frame does not fit a %d-byte buffer (dropped)", len(f), len(p))
+	}
+	return copy(p, f), nil
+}
+
+// ReadFrames blocks until a frame arrives, then lends up to len(frames)
+// frames that arrived together: frames[:n] point into the Client's receive
+// buffers and stay valid until the next ReadFrames or ReadFrame call. It
+// saves a copy and a call per frame over ReadFrame (netstack.BatchReader).
+// After Close it returns an error wrapping net.ErrClosed.
+func (c *Client) ReadFrames(frames [][]byte) (int, error) {
+	if len(frames) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	f, err := c.nextFrameLocked()
+	if err != nil {
+		return 0, err
+	}
+	frames[0] = f
+	n := 1
+	for ; n < len(frames) && c.curIdx < c.cur.n; n++ {
+		frames[n] = c.cur.frame(c.curIdx)
+		c.curIdx++
+	}
+	return n, nil
+}
+
+// nextFrameLocked returns the next received frame, valid until the next
+// call; it blocks until there is one or the Client is closed. c.rmu is held.
+func (c *Client) nextFrameLocked() ([]byte, error) {
+	select {
+	case <-c.closed:
+		return nil, fmt.Errorf("vpnlink: %w", net.ErrClosed)
+	default:
+	}
+	for c.cur == nil || c.curIdx >= c.cur.n {
+		if c.cur != nil {
+			c.putBatch(c.cur)
+			c.cur = nil
+		}
+		select {
+		case b := <-c.in:
+			c.cur, c.curIdx = b, 0
+		case <-c.closed:
+			return nil, fmt.Errorf("vpnlink: %w", net.ErrClosed)
+		}
+	}
+	f := c.cur.frame(c.curIdx)
+	c.curIdx++
+	return f, nil
 }
 
 // WriteFrames queues the frames for the next batch and returns at once;
@@ -474,7 +556,7 @@ func (c *Client) Status() Status {
 	st.BytesIn, st.BytesOut = s.bytesIn.Load(), s.bytesOut.Load()
 	st.BatchesOut = s.batchesOut.Load()
 	st.KeepAlivesIn, st.KeepAlivesOut = s.keepAlivesIn.Load(), s.keepAlivesOut.Load()
-	st.DropRxQueue, st.DropTxQueue = s.dropRx.Load(), s.dropTx.Load()
+	st.DropTxQueue, st.RecvStalls = s.dropTx.Load(), s.recvStalls.Load()
 	st.DropOversize = s.dropOversize.Load() + s.dropOversizeIn.Load()
 	st.LostInFlight = s.lostInFlight.Load()
 	return st

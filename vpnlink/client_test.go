@@ -743,3 +743,80 @@ func TestKeepAliveSchedule(t *testing.T) {
 		}
 	})
 }
+
+// TestRecvBackpressure: with nobody reading, the reader fills the receive
+// queue and then waits instead of dropping; every frame arrives later, in
+// order, through ReadFrames (lent, batched) and ReadFrame. Close ends a
+// stalled reader.
+func TestRecvBackpressure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const total = 3000
+		h := newHub(t, vpnlinktest.Config{QueueFrames: 2 * total})
+		cfg := clientCfg(t, h, "alice", "secret")
+		cfg.RecvQueue = 64 // two batches
+		a := dial(t, cfg)
+		port := h.Attach()
+		defer port.Close()
+		// Teach the hub alice's MAC.
+		a.WriteFrames([][]byte{frame(0xff, 1, 0)})
+		buf := make([]byte, 1600)
+		if _, err := port.ReadFrame(buf); err != nil {
+			t.Fatal(err)
+		}
+		var batch [][]byte
+		for i := range total {
+			batch = append(batch, frame(1, 9, i))
+			if len(batch) == 100 {
+				port.WriteFrames(batch)
+				batch = batch[:0]
+			}
+		}
+		synctest.Wait()
+		st := a.Status()
+		if st.RecvStalls == 0 || st.FramesIn >= total {
+			t.Fatalf("reader did not wait: %d stalls, %d of %d frames read from the connection", st.RecvStalls, st.FramesIn, total)
+		}
+		got := 0
+		lent := make([][]byte, 16)
+		for got < total {
+			if got%2 == 0 {
+				n, err := a.ReadFrames(lent)
+				if err != nil || n < 1 || n > len(lent) {
+					t.Fatalf("ReadFrames: %d, %v", n, err)
+				}
+				for _, f := range lent[:n] {
+					if want := frame(1, 9, got); !bytes.Equal(f, want) {
+						t.Fatalf("frame %d: %q, want %q", got, f, want)
+					}
+					got++
+				}
+			} else {
+				n, err := a.ReadFrame(buf)
+				if want := frame(1, 9, got); err != nil || !bytes.Equal(buf[:n], want) {
+					t.Fatalf("frame %d: %q, %v; want %q", got, buf[:n], err, want)
+				}
+				got++
+			}
+		}
+		if st := a.Status(); st.DropRxQueue != 0 || st.FramesIn != total {
+			t.Fatalf("after reading: %d dropped, %d received", st.DropRxQueue, st.FramesIn)
+		}
+
+		// A reader stalled on a full queue does not keep Close waiting.
+		for i := 0; i < 200; i += 100 {
+			var fs [][]byte
+			for j := range 100 {
+				fs = append(fs, frame(1, 9, i+j))
+			}
+			port.WriteFrames(fs)
+		}
+		synctest.Wait()
+		if a.Status().RecvStalls <= st.RecvStalls {
+			t.Fatal("reader did not stall again")
+		}
+		a.Close()
+		if _, err := a.ReadFrames(lent); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("ReadFrames after Close: %v", err)
+		}
+	})
+}

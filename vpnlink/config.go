@@ -69,8 +69,10 @@ type Config struct {
 	// QueueFrames bounds the frames waiting to be sent, also during a
 	// reconnect; more are dropped (tail drop, counted). Default 1024.
 	QueueFrames int
-	// RecvQueue bounds received frames not yet taken by ReadFrame; more are
-	// dropped (counted). Default 1024.
+	// RecvQueue bounds received frames not yet taken by ReadFrame(s)
+	// (rounded to batches of up to 64); when it is full the reader stops
+	// reading the connection until there is room (counted in RecvStalls).
+	// Default 1024.
 	RecvQueue int
 	// Reconnect backoff: delays grow from MinBackoff (default 500 ms) by
 	// doubling with jitter up to MaxBackoff (default 10 s). Errors that

@@ -66,16 +66,32 @@ func (l *link) readErr(err error) error {
 	return fmt.Errorf("connection to %s lost: %w", l.c.cfg.Server, err)
 }
 
-// readLoop parses records into pooled buffers and hands frames to
-// ReadFrame through the bounded receive queue (drops when it is full).
+// readLoop parses records into pooled batches and hands them to
+// ReadFrame(s) through the bounded receive queue. A batch goes on when it is
+// full or when the next record is not buffered yet (see rxBatch). When the
+// queue is full the reader waits for the consumer (backpressure: the
+// server's TCP send window closes) instead of dropping frames; the wait ends
+// with the link. Not reading meanwhile cannot trip the dead-link timeout,
+// which applies to each socket read (idleConn) and restarts with it.
 func (l *link) readLoop() {
 	defer l.wg.Done()
 	c := l.c
 	rr := proto.NewRecordReader(l.w.br)
-	fb := c.getBuf()
-	defer func() { c.putBuf(fb) }()
+	b := c.getBatch()
+	defer func() {
+		if b != nil {
+			c.putBatch(b)
+		}
+	}()
 	for {
-		kind, n, err := rr.Next(fb.b[:])
+		if b.n > 0 && (b.full() || !rr.Ready()) {
+			if !l.deliver(b) {
+				b = nil // deliver recycled it
+				return
+			}
+			b = c.getBatch()
+		}
+		kind, n, err := rr.Next(b.tail())
 		if err != nil {
 			l.fail(l.readErr(err))
 			return
@@ -86,15 +102,9 @@ func (l *link) readLoop() {
 		switch kind {
 		case proto.KindFrame:
 			l.lastRecv.Store(time.Now().UnixNano())
-			fb.n = n
-			select {
-			case c.in <- fb:
-				c.stats.framesIn.Add(1)
-				c.stats.bytesIn.Add(uint64(n))
-				fb = c.getBuf()
-			default:
-				c.stats.dropRx.Add(1)
-			}
+			b.add(n)
+			c.stats.framesIn.Add(1)
+			c.stats.bytesIn.Add(uint64(n))
 		case proto.KindKeepAlive:
 			l.lastRecv.Store(time.Now().UnixNano())
 			c.stats.keepAlivesIn.Add(1)
@@ -102,6 +112,25 @@ func (l *link) readLoop() {
 			l.lastRecv.Store(time.Now().UnixNano())
 			c.stats.dropOversizeIn.Add(1)
 		}
+	}
+}
+
+// deliver queues b for ReadFrame(s), waiting while the queue is full. It
+// reports false (and recycles b) if the link ended meanwhile.
+func (l *link) deliver(b *rxBatch) bool {
+	c := l.c
+	select {
+	case c.in <- b:
+		return true
+	default:
+	}
+	c.stats.recvStalls.Add(1)
+	select {
+	case c.in <- b:
+		return true
+	case <-l.done:
+		c.putBatch(b)
+		return false
 	}
 }
 

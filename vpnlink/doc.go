@@ -21,8 +21,9 @@
 // drop, counted); a writer goroutine sends everything queued as one batch
 // record in one TLS write, and a keep-alive after a random 1/5–1/2 of the
 // negotiated timeout without sending. A reader goroutine parses records into
-// pooled buffers and hands frames to ReadFrame through a bounded queue
-// (RecvQueue, drop when full, counted). A connection on which nothing
+// pooled batches and hands them to ReadFrame/ReadFrames through a bounded
+// queue (RecvQueue); when it is full the reader waits (backpressure through
+// TCP to the server) rather than dropping. A connection on which nothing
 // arrives for the session timeout is declared dead (ErrLinkDead). Records
 // outside SoftEther's limits (block size over 3200, keep-alive over 512
 // bytes, truncated stream) end the connection with an error wrapping

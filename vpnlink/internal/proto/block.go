@@ -128,6 +128,39 @@ func (rr *RecordReader) Next(dst []byte) (kind RecordKind, n int, err error) {
 	return KindFrame, int(size), nil
 }
 
+// Ready reports whether the next call to Next can complete from bytes the
+// bufio.Reader already holds, without reading from the connection. A reader
+// handing frames on in batches uses it to pass a batch on before it would
+// block. (Peek of at most Buffered bytes never reads.)
+func (rr *RecordReader) Ready() bool {
+	avail := rr.r.Buffered()
+	hdr := 0
+	if rr.remaining == 0 {
+		if avail < 4 {
+			return false
+		}
+		b, _ := rr.r.Peek(4)
+		switch binary.BigEndian.Uint32(b) {
+		case KeepAliveMagic:
+			if avail < 8 {
+				return false
+			}
+			b, _ = rr.r.Peek(8)
+			l := binary.BigEndian.Uint32(b[4:])
+			return l > MaxKeepAliveSize || avail >= 8+int(l)
+		case 0:
+			return true
+		}
+		hdr = 4
+	}
+	if avail < hdr+4 {
+		return false
+	}
+	b, _ := rr.r.Peek(hdr + 4)
+	size := binary.BigEndian.Uint32(b[hdr:])
+	return size > MaxBlockSize || avail >= hdr+4+int(size)
+}
+
 func (rr *RecordReader) truncated(what string, err error) error {
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		return fmt.Errorf("%w: stream truncated in %s", ErrBadRecord, what)

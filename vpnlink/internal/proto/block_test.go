@@ -158,3 +158,72 @@ func BenchmarkBlockDecode(b *testing.B) {
 		}
 	}
 }
+
+// gateReader returns its data in one read, then errWouldBlock: a connection
+// with nothing more to read yet.
+type gateReader struct{ data []byte }
+
+var errWouldBlock = errors.New("would block")
+
+func (g *gateReader) Read(p []byte) (int, error) {
+	if len(g.data) == 0 {
+		return 0, errWouldBlock
+	}
+	n := copy(p, g.data)
+	g.data = g.data[n:]
+	return n, nil
+}
+
+// TestRecordReady: for every cut of a stream, Ready is true exactly for the
+// records (blocks) that lie entirely before the cut, and Next then never
+// reads from the connection.
+func TestRecordReady(t *testing.T) {
+	f1, f2 := bytes.Repeat([]byte{1}, 42), bytes.Repeat([]byte{2}, 1514)
+	var stream []byte
+	var ends []int // where each unit that Next consumes ends
+	add := func(b []byte) { stream = append(stream, b...); ends = append(ends, len(stream)) }
+	add(AppendKeepAlive(nil, make([]byte, 100)))
+	add(append(u32(2), AppendBlock(nil, f1)...)) // batch header + first block
+	add(AppendBlock(nil, f2))
+	add(u32(0)) // empty batch
+	add(append(u32(1), AppendBlock(nil, f2)...))
+	add(AppendKeepAlive(nil, nil))
+	buf := make([]byte, MaxPacketSize)
+	for cut := 0; cut <= len(stream); cut++ {
+		br := bufio.NewReaderSize(&gateReader{data: stream[:cut]}, 1<<16)
+		br.Peek(1) // fill
+		rr := NewRecordReader(br)
+		got := 0
+		for rr.Ready() {
+			if _, _, err := rr.Next(buf); err != nil {
+				t.Fatalf("cut %d: Next after Ready: %v", cut, err)
+			}
+			got++
+		}
+		want := 0
+		for _, e := range ends {
+			if e <= cut {
+				want++
+			}
+		}
+		if got != want {
+			t.Fatalf("cut %d: %d units ready, want %d", cut, got, want)
+		}
+	}
+	// Records that Next rejects at once count as ready (the error is
+	// immediate, not a wait).
+	for _, s := range [][]byte{
+		append(u32(1), u32(MaxBlockSize+1)...),
+		append(u32(KeepAliveMagic), u32(MaxKeepAliveSize+1)...),
+	} {
+		br := bufio.NewReader(bytes.NewReader(s))
+		br.Peek(1)
+		rr := NewRecordReader(br)
+		if !rr.Ready() {
+			t.Errorf("% x: not ready", s)
+		}
+		if _, _, err := rr.Next(buf); !errors.Is(err, ErrBadRecord) {
+			t.Errorf("% x: %v", s, err)
+		}
+	}
+}
