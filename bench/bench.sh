@@ -45,7 +45,8 @@ export TOPO_UDP_ACCEL="${TOPO_UDP_ACCEL:-0}"
 : "${BENCH_GO_BENCHTIME:=1s}"
 : "${BENCH_GO_PKGS:=./vpnlink/... ./netstack/... ./router/...}"
 : "${BENCH_BUDGET_S:=1080}"          # 18 minutes
-: "${BENCH_KEEP:=0}"                 # 1: leave the lab up afterwards
+: "${BENCH_KEEP:=0}"                 # 1: leave the lab (with acrouter) up afterwards
+: "${BENCH_STEPS:=go dhcp latency iperf sessions late}" # any subset, in this order
 : "${BENCH_FROM_HEAD:=0}"            # 1: build and micro-benchmark the committed HEAD (git archive), not the work tree
 : "${BENCH_RESULTS:=$ROOT/bench/RESULTS.md}"
 : "${BENCH_ECHO_PORT:=9000}"
@@ -100,11 +101,12 @@ cleanup() {
 	local rc=$?
 	set +e
 	for p in "${BG_PIDS[@]}"; do stop_pid "$p" 2; done
-	stop_pid "$ACR_PID" 10
-	stop_pid "$ECHO_PID" 3
 	if [ "$BENCH_KEEP" = 1 ]; then
-		say "BENCH_KEEP=1: lab $LAB_PREFIX left up (tear down: LAB_PREFIX=$LAB_PREFIX LAB_STATE=$LAB_STATE bash bench/topology.sh down; ... bash lab/lab.sh down)"
+		say "BENCH_KEEP=1: lab $LAB_PREFIX left up with acrouter (pid $ACR_PID) and the echo server (pid $ECHO_PID); tear down:"
+		say "  LAB_PREFIX=$LAB_PREFIX LAB_STATE=$LAB_STATE bash bench/topology.sh down && LAB_PREFIX=$LAB_PREFIX LAB_STATE=$LAB_STATE bash lab/lab.sh down"
 	else
+		stop_pid "$ACR_PID" 10
+		stop_pid "$ECHO_PID" 3
 		$TOPO down >>"$OUT/log.txt" 2>&1 || say "warning: topology.sh down failed"
 		$LAB down >>"$OUT/log.txt" 2>&1 || say "warning: lab.sh down failed"
 	fi
@@ -265,6 +267,14 @@ bench_cps() {
 	say "$p: conn/s done"
 }
 
+bridge_dev() { case "$1" in acrouter) echo vb-lab ;; securenat) echo vb-snat ;; cascade) echo vb-cas ;; esac; }
+bridge_drops() { # path: frames the kernel dropped on vpnserver's local-bridge packet socket (ss -0 -e -m: d<N>)
+	local dev; dev=$(bridge_dev "$1")
+	[ -n "$dev" ] || { echo 0; return; }
+	timeout 5 ip netns exec "$LAB_NS_HUB" ss -0 -e -m 2>/dev/null |
+		awk -v d="*:$dev" '$0 ~ /^p_raw/ {hit = index($0, d) > 0; next} hit && match($0, /,d[0-9]+\)/) {print substr($0, RSTART + 2, RLENGTH - 3); hit = 0; found = 1} END {if (!found) print 0}'
+}
+
 # iperf3 one run: path dir(up|down) run#
 iperf_once() { # path dir run [tag]
 	local p=$1 dir=$2 n=$3 tag=${4:-} ns; ns=$(client_ns "$p")
@@ -272,6 +282,7 @@ iperf_once() { # path dir run [tag]
 	local f="$OUT/iperf-$p-$dir-$n.json" rev=(); [ "$dir" = down ] && rev=(-R)
 	local m0="" m1=""; [ "$p" = acrouter ] && metrics >"$OUT/metrics-$p-$dir-$n.before"
 	local t0 s0 w0 t1 s1 w1 h0 h1 maxrss=0 r
+	local b0 b1; b0=$(bridge_drops "$p")
 	t0=$(cpu_ticks "${pid:-0}"); s0=$(cpu_ticks "${spid:-0}"); h0=$(host_busy); w0=$(now_ns)
 	timeout -k 5 $((BENCH_IPERF_TIME + 25)) ip netns exec "$ns" iperf3 -c "$LAB_LAN_IP" -p "${LAB_IPERF_PORTS%% *}" \
 		-t "$BENCH_IPERF_TIME" -J "${rev[@]}" >"$f" 2>&1 &
@@ -283,9 +294,10 @@ iperf_once() { # path dir run [tag]
 	done
 	wait "$ip" || true
 	t1=$(cpu_ticks "${pid:-0}"); s1=$(cpu_ticks "${spid:-0}"); h1=$(host_busy); w1=$(now_ns)
+	b1=$(bridge_drops "$p")
 	[ "$p" = acrouter ] && metrics >"$OUT/metrics-$p-$dir-$n.after"
-	rec "$p" "iperf-$dir" "$(printf '{"run":%d,"tag":"%s","file":"%s","router_cpu_pct":%s,"server_cpu_pct":%s,"host_busy_pct":%s,"router_rss_max_kb":%d}' \
-		"$n" "$tag" "$f" "$(pct "$t0" "$t1" $((w1 - w0)))" "$(pct "$s0" "$s1" $((w1 - w0)))" "$(busy_pct "$h0" "$h1")" "$maxrss")"
+	rec "$p" "iperf-$dir" "$(printf '{"run":%d,"tag":"%s","file":"%s","router_cpu_pct":%s,"server_cpu_pct":%s,"host_busy_pct":%s,"router_rss_max_kb":%d,"bridge_socket_drops":%d}' \
+		"$n" "$tag" "$f" "$(pct "$t0" "$t1" $((w1 - w0)))" "$(pct "$s0" "$s1" $((w1 - w0)))" "$(busy_pct "$h0" "$h1")" "$maxrss" $((b1 - b0)))"
 }
 bench_iperf() { # interleaved across paths so background load hits every path alike
 	local n p dir
@@ -358,20 +370,28 @@ main() {
 		git archive HEAD | tar -x -C "$SRC" || die "git archive HEAD"
 		say "building and micro-benchmarking HEAD $(git rev-parse --short HEAD) (exported to $SRC)"
 	fi
-	[ "$BENCH_GO" = 1 ] && bench_go
+	step() { [[ " $BENCH_STEPS " == *" $1 "* ]]; }
+	step go && [ "$BENCH_GO" = 1 ] && bench_go
 	setup
 	meta
 	local p
-	for p in $BENCH_PATHS; do budget_left && bench_dhcp "$p"; done
-	for p in $BENCH_PATHS; do
-		budget_left || { skip "$p" "latency"; continue; }
-		bench_idle "$p"; bench_dns "$p"; bench_rr "$p"; bench_connect "$p"; bench_cps "$p"
-	done
-	bench_iperf
-	for p in $BENCH_PATHS; do budget_left && bench_hold "$p" || skip "$p" "sessions"; done
+	if step dhcp; then for p in $BENCH_PATHS; do budget_left && bench_dhcp "$p"; done; fi
+	if step latency; then
+		for p in $BENCH_PATHS; do
+			[ "$p" = veth ] || [ -s "$OUT/lease-$p.env" ] || do_dhcp "$p" >"$OUT/lease-$p.env"
+			budget_left || { skip "$p" "latency"; continue; }
+			bench_idle "$p"; bench_dns "$p"; bench_rr "$p"; bench_connect "$p"; bench_cps "$p"
+		done
+	fi
+	if step iperf || step sessions || step late; then
+		for p in $BENCH_PATHS; do [ "$p" = veth ] || [ -s "$OUT/lease-$p.env" ] || do_dhcp "$p" >"$OUT/lease-$p.env"; done
+	fi
+	step iperf && bench_iperf
+	if step sessions; then for p in $BENCH_PATHS; do budget_left && bench_hold "$p" || skip "$p" "sessions"; done; fi
 	# SecureNAT's upload flips between a slow and a fast mode minutes after the server started:
 	# a second look at the end of the run, labelled "late"
 	local n
+	step late || BENCH_LATE_RUNS=0
 	for ((n = 1; n <= BENCH_LATE_RUNS; n++)); do
 		for p in securenat cascade; do
 			[[ " $BENCH_PATHS " == *" $p "* ]] || continue

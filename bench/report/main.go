@@ -142,6 +142,7 @@ type iperfRec struct {
 	Run         int     `json:"run"`
 	Tag         string  `json:"tag"`
 	HostBusy    float64 `json:"host_busy_pct"`
+	BridgeDrops float64 `json:"bridge_socket_drops"`
 	File        string  `json:"file"`
 	RouterCPU   float64 `json:"router_cpu_pct"`
 	ServerCPU   float64 `json:"server_cpu_pct"`
@@ -162,7 +163,7 @@ type iperfOut struct {
 
 type iperfRun struct {
 	Gbps, Retr, RouterCPU, ServerCPU, RSSKB float64
-	HostBusy                                float64
+	HostBusy, BridgeDrops                   float64
 	Late                                    bool
 	Err                                     string
 	Run                                     int
@@ -177,7 +178,7 @@ func (r *run) iperf(path, dir string) []iperfRun {
 			continue
 		}
 		x := iperfRun{Run: rec.Run, File: rec.File, RouterCPU: rec.RouterCPU, ServerCPU: rec.ServerCPU, RSSKB: rec.RouterRSSKB,
-			HostBusy: rec.HostBusy, Late: rec.Tag == "late"}
+			HostBusy: rec.HostBusy, BridgeDrops: rec.BridgeDrops, Late: rec.Tag == "late"}
 		var o iperfOut
 		b, err := os.ReadFile(rec.File)
 		if err == nil {
@@ -354,15 +355,19 @@ func (r *run) write(w io.Writer) {
 		}
 		add(d.name, d.target, rat, s[:]...)
 		s, v = val(func(p string) (string, float64) {
-			var x []float64
+			var x, bd []float64
 			for _, it := range r.iperf(p, d.dir) {
 				if it.Err == "" && !it.Late {
-					x = append(x, it.Retr)
+					x, bd = append(x, it.Retr), append(bd, it.BridgeDrops)
 				}
 			}
-			return fnum(median(x), 0), median(x)
+			t := fnum(median(x), 0)
+			if p != "veth" && len(bd) > 0 {
+				t += fmt.Sprintf(" (local-bridge socket drops in vpnserver: %s)", fnum(median(bd), 0))
+			}
+			return t, median(x)
 		})
-		add("  retransmits (median)", "", ratio(v[0], v[1]), s[:]...)
+		add("  TCP retransmits by the sender, median", "", ratio(v[0], v[1]), s[:]...)
 		s, v = val(func(p string) (string, float64) {
 			var rc, sc, hb []float64
 			for _, it := range r.iperf(p, d.dir) {
