@@ -46,6 +46,7 @@ fuzz:
 # network namespaces. Needs root; installs what it needs with apt-get.
 interop:
 	bash lab/lab.sh install
+	bash lab/proxy.sh install
 	@command -v chromium >/dev/null || { echo "installing chromium (status page test)"; \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
 	$(GO) test -tags interop -count=1 -v -timeout $(INTEROP_TIMEOUT) ./lab/

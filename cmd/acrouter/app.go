@@ -79,9 +79,17 @@ func runCheck(ctx context.Context, cfg config, set settings, w io.Writer, log *s
 		fmt.Fprintln(w, "password:", err)
 		return 1
 	}
+	dialer, err := cfg.hubDialer(log)
+	if err != nil {
+		fmt.Fprintln(w, "proxy:", err)
+		return 1
+	}
+	defer dialer.Close()
+	lc := linkConfig(cfg, state, pw, log)
+	lc.Dial = dialer.DialContext
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := vpnlink.Check(ctx, linkConfig(cfg, state, pw, log))
+	st, err := vpnlink.Check(ctx, lc)
 	if err != nil {
 		fmt.Fprintf(w, "hub login to %s hub %s as %s: FAILED: %v\n", cfg.Hub.Server, cfg.Hub.Hub, cfg.Hub.User, err)
 		return 1
@@ -124,7 +132,17 @@ func runRouter(ctx context.Context, argv []string, cfg config, set settings, lev
 	} else {
 		log.Debug("open-file limit", "limit", limit, "max_sessions", cfg.Router.MaxSessions)
 	}
-	a, err := startApp(ctx, cfg, set, linkConfig(cfg, state, password, log), state, mac, log, nil)
+	dialer, err := cfg.hubDialer(log)
+	if err != nil {
+		return err
+	}
+	defer dialer.Close() // after the hub session (deferred below) is closed
+	lc := linkConfig(cfg, state, password, log)
+	lc.Dial = dialer.DialContext
+	if cfg.Hub.Proxy != "" {
+		log.Info("reaching the server through a proxy", "proxy", cfg.Hub.Proxy)
+	}
+	a, err := startApp(ctx, cfg, set, lc, state, mac, log, nil)
 	if err != nil {
 		return err
 	}

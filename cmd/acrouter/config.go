@@ -4,8 +4,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/acrouter/acrouter/vpnlink/hubdial"
 )
 
 // config is everything acrouter can be told, from a TOML file (--config) and
@@ -39,6 +43,13 @@ type hubConfig struct {
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
 	QueueFrames        int      `toml:"queue_frames"`
 	MaxBackoff         duration `toml:"max_backoff"`
+
+	// Reaching the server through a proxy or an SSH server (hubdial).
+	Proxy                string `toml:"proxy"`
+	ProxyPasswordFile    string `toml:"proxy_password_file"`
+	SSHKeyFile           string `toml:"ssh_key_file"`
+	SSHKeyPassphraseFile string `toml:"ssh_key_passphrase_file"`
+	SSHKnownHosts        string `toml:"ssh_known_hosts"`
 }
 
 type routerConfig struct {
@@ -207,6 +218,11 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	boolean(&h.InsecureSkipVerify, "insecure-skip-verify", "hub.insecure_skip_verify", "do not verify the server certificate at all (tests only)")
 	num(&h.QueueFrames, "queue-frames", "hub.queue_frames", "frames queued while the hub link is down (tail-drop beyond)")
 	dur(&h.MaxBackoff, "max-backoff", "hub.max_backoff", "longest wait between reconnect attempts")
+	str(&h.Proxy, "proxy", "hub.proxy", "reach the server through `URL`: http://[user@]host:port (CONNECT), socks5://[user@]host[:1080], ssh://user@host[:22] (port forwarding)")
+	str(&h.ProxyPasswordFile, "proxy-password-file", "hub.proxy_password_file", "file holding the proxy or SSH password (or set ACROUTER_PROXY_PASSWORD)")
+	str(&h.SSHKeyFile, "ssh-key", "hub.ssh_key_file", "private key for an ssh:// proxy")
+	str(&h.SSHKeyPassphraseFile, "ssh-key-passphrase-file", "hub.ssh_key_passphrase_file", "file holding the passphrase of --ssh-key")
+	str(&h.SSHKnownHosts, "ssh-known-hosts", "hub.ssh_known_hosts", "known_hosts file for an ssh:// proxy (default ~/.ssh/known_hosts)")
 
 	r := &cfg.Router
 	str(&r.IP, "ip", "router.ip", "router address on the hub with prefix length")
@@ -389,6 +405,13 @@ func (c *config) validate(needHub bool) (settings, error) {
 		}
 		if c.Hub.InsecureSkipVerify {
 			errs = append(errs, errors.New("config: hub.server_cert_sha256 and hub.insecure_skip_verify contradict each other; use one"))
+		}
+	}
+	if c.Hub.Proxy != "" {
+		if pc, err := hubdial.ParseProxyURL(c.Hub.Proxy); err != nil {
+			bad("hub.proxy (--proxy)", redactURL(c.Hub.Proxy), "http://[user@]host:port, socks5://[user@]host[:port] or ssh://user@host[:port] ("+err.Error()+")")
+		} else if pc.Password != "" {
+			errs = append(errs, errors.New("config key hub.proxy: the URL contains a password, which other users can see in the process list; put it in hub.proxy_password_file (--proxy-password-file) or ACROUTER_PROXY_PASSWORD"))
 		}
 	}
 	if c.Hub.QueueFrames < 0 || c.Hub.QueueFrames > 1<<20 {
@@ -667,4 +690,45 @@ func (c *config) hubPassword() (string, error) {
 		return v, nil
 	}
 	return "", errors.New("no hub password: set --password-file (hub.password_file) or the ACROUTER_PASSWORD environment variable")
+}
+
+// hubDialer returns how to reach the server: direct, or through the proxy or
+// SSH server of hub.proxy.
+func (c *config) hubDialer(log *slog.Logger) (hubdial.Dialer, error) {
+	proxy := c.Hub.Proxy
+	if proxy == "" {
+		proxy = "direct"
+	}
+	pc, err := hubdial.ParseProxyURL(proxy)
+	if err != nil {
+		return nil, fmt.Errorf("hub.proxy (--proxy): %w", err)
+	}
+	if c.Hub.ProxyPasswordFile != "" {
+		if pc.Password, err = readSecretFile("hub.proxy_password_file (--proxy-password-file)", c.Hub.ProxyPasswordFile); err != nil {
+			return nil, err
+		}
+	} else if v, ok := os.LookupEnv("ACROUTER_PROXY_PASSWORD"); ok && c.Hub.Proxy != "" {
+		pc.Password = v
+	}
+	pc.KeyFile, pc.KeyPassphraseFile, pc.KnownHostsFile = c.Hub.SSHKeyFile, c.Hub.SSHKeyPassphraseFile, c.Hub.SSHKnownHosts
+	d, err := hubdial.New(pc, log.With("component", "hubdial"))
+	if err != nil {
+		return nil, fmt.Errorf("hub.proxy (--proxy): %w", err)
+	}
+	return d, nil
+}
+
+// redactURL hides the password of a URL's user info, for messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		if i, j := strings.Index(s, "://"), strings.LastIndex(s, "@"); i >= 0 && j > i {
+			return s[:i+3] + "***" + s[j:]
+		}
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "***")
+	}
+	return u.String()
 }

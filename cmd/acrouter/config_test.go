@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -185,4 +186,38 @@ func TestFDLimitWarning(t *testing.T) {
 	if _, warn := checkFDLimit(over); !strings.Contains(warn, "open-file limit") || !strings.Contains(warn, "fd-limit") {
 		t.Fatalf("warning %q", warn)
 	}
+}
+
+func TestProxyConfig(t *testing.T) {
+	for _, tc := range []struct {
+		proxy, want string
+	}{
+		{"ftp://h:21", "hub.proxy"},
+		{"http://bob:secret@h:3128", "contains a password"},
+		{"ftp://bob:secret@h:21", "hub.proxy"},
+	} {
+		cfg, err := parseForTest(t, "", "--server", "h:5555", "--hub", "H", "--user", "u", "--proxy", tc.proxy)
+		if err == nil {
+			_, err = cfg.validate(true)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--proxy %s: %v, want %q", tc.proxy, err, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("the error shows the proxy password: %v", err)
+		}
+	}
+	cfg, err := parseForTest(t, "", "--server", "h:5555", "--hub", "H", "--user", "u", "--proxy", "socks5://bob@127.0.0.1:1080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.validate(true); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ACROUTER_PROXY_PASSWORD", "pw")
+	d, err := cfg.hubDialer(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
 }
