@@ -313,7 +313,9 @@ func TestStatusAPIAndSecretsInterop(t *testing.T) {
 	if _, err := lab.KillConns(ctx, lab.RtrIP.String()); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(ctx, "reconnect logged", func() bool { return strings.Count(a.proc.Log(), "logged in") >= 2 || strings.Contains(a.proc.Log(), "resumed session") }); err != nil {
+	if err := waitFor(ctx, "reconnect logged", func() bool {
+		return strings.Count(a.proc.Log(), "logged in") >= 2 || strings.Contains(a.proc.Log(), "resumed session")
+	}); err != nil {
 		t.Fatal(err)
 	}
 	log := a.proc.Log()

@@ -103,7 +103,7 @@ func dialHostile(t *testing.T, addr string, pin string) (error, time.Duration, u
 }
 
 func TestHostileServer(t *testing.T) {
-	const memBound = 32 << 20 // bytes allocated per attempt
+	const memBound = 32 << 20   // bytes allocated per attempt
 	bigCount := func() []byte { // a PACK claiming 2^32-1 elements
 		b := binary.BigEndian.AppendUint32(nil, 0xffffffff)
 		return append(b, make([]byte, 64)...)
