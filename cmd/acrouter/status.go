@@ -83,6 +83,21 @@ type metricSample struct {
 	Value  float64
 }
 
+type forwardDoc struct {
+	Rule        string `json:"rule"`
+	Connections uint64 `json:"connections"`
+	Active      int    `json:"active"`
+	BytesIn     uint64 `json:"bytes_in"`
+	BytesOut    uint64 `json:"bytes_out"`
+}
+
+// forwardManager manages inbound port forwards at run time.
+type forwardManager interface {
+	Forwards() []forwardDoc
+	AddForward(rule string) error
+	RemoveForward(rule string) error
+}
+
 // statusSource is what the status API reads; the running app implements it.
 type statusSource interface {
 	Status() statusDoc
@@ -96,6 +111,8 @@ var statusPage []byte
 
 // newStatusHandler serves the status API. A non-empty token is required as
 // "Authorization: Bearer TOKEN" (or ?token=TOKEN, for the page's own links).
+// Changes (POST, DELETE) always need a token: without one configured they
+// are refused.
 func newStatusHandler(src statusSource, token string) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(sampleCollector{src.Metrics})
@@ -105,12 +122,38 @@ func newStatusHandler(src statusSource, token string) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
 		_ = enc.Encode(v)
 	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, src.Status()) })
 	mux.HandleFunc("GET /sessions", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, nonNil(src.Sessions())) })
 	mux.HandleFunc("GET /leases", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, nonNil(src.Leases())) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if fm, ok := src.(forwardManager); ok {
+		mux.HandleFunc("GET /forwards", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, nonNil(fm.Forwards())) })
+		change := func(apply func(string) error) http.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request) {
+				if token == "" {
+					http.Error(w, "forbidden: changing port forwards through the status API needs a token (start acrouter with --status-token-file)", http.StatusForbidden)
+					return
+				}
+				var req struct {
+					Rule string `json:"rule"`
+				}
+				if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil || req.Rule == "" {
+					http.Error(w, `bad request: send JSON {"rule": "tcp 0.0.0.0:8022 -> 192.168.30.50:22"}`, http.StatusBadRequest)
+					return
+				}
+				if err := apply(req.Rule); err != nil {
+					http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+					return
+				}
+				writeJSON(w, nonNil(fm.Forwards()))
+			}
+		}
+		mux.HandleFunc("POST /forwards", change(fm.AddForward))
+		mux.HandleFunc("DELETE /forwards", change(fm.RemoveForward))
+	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -122,5 +123,94 @@ func TestStatusCommandPrintsTables(t *testing.T) {
 	}
 	if err := runStatusCommand(context.Background(), &out, addr, "bad"); err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("bad token: %v", err)
+	}
+}
+
+// fakeForwards is a statusSource that also manages forwards.
+type fakeForwards struct {
+	fakeSource
+	rules []string
+}
+
+func (f *fakeForwards) Forwards() []forwardDoc {
+	var out []forwardDoc
+	for _, r := range f.rules {
+		out = append(out, forwardDoc{Rule: r})
+	}
+	return out
+}
+
+func (f *fakeForwards) AddForward(rule string) error {
+	if !strings.Contains(rule, "->") {
+		return errors.New("bad rule: want PROTO LISTEN -> TARGET")
+	}
+	f.rules = append(f.rules, rule)
+	return nil
+}
+
+func (f *fakeForwards) RemoveForward(rule string) error {
+	for i, r := range f.rules {
+		if r == rule {
+			f.rules = append(f.rules[:i], f.rules[i+1:]...)
+			return nil
+		}
+	}
+	return errors.New("no such forward")
+}
+
+func doJSON(t *testing.T, method, url, token, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestForwardsAPI(t *testing.T) {
+	const rule = "tcp 0.0.0.0:8022 -> 192.168.30.50:22"
+	// Without a token configured, changes are refused even on loopback.
+	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(&fakeForwards{}, ""), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if code, body := doJSON(t, "POST", "http://"+s.Addr()+"/forwards", "", `{"rule":"`+rule+`"}`); code != http.StatusForbidden || !strings.Contains(body, "token") {
+		t.Fatalf("POST without a configured token: %d %s", code, body)
+	}
+
+	fw := &fakeForwards{}
+	s2, err := startStatusServer("127.0.0.1:0", newStatusHandler(fw, "tok"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	base := "http://" + s2.Addr() + "/forwards"
+	if code, _ := doJSON(t, "POST", base, "", `{"rule":"`+rule+`"}`); code != http.StatusUnauthorized {
+		t.Fatalf("POST without the token: %d", code)
+	}
+	if code, body := doJSON(t, "POST", base, "tok", `{"rule":"`+rule+`"}`); code != 200 || !strings.Contains(body, rule) {
+		t.Fatalf("POST: %d %s", code, body)
+	}
+	if code, body := doJSON(t, "POST", base, "tok", `{"rule":"nonsense"}`); code != http.StatusUnprocessableEntity || !strings.Contains(body, "bad rule") {
+		t.Fatalf("POST bad rule: %d %s", code, body)
+	}
+	if code, body := doJSON(t, "POST", base, "tok", `not json`); code != http.StatusBadRequest {
+		t.Fatalf("POST garbage: %d %s", code, body)
+	}
+	if code, body := doJSON(t, "GET", base, "tok", ""); code != 200 || !strings.Contains(body, rule) {
+		t.Fatalf("GET: %d %s", code, body)
+	}
+	if code, body := doJSON(t, "DELETE", base, "tok", `{"rule":"`+rule+`"}`); code != 200 || strings.Contains(body, rule) {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if len(fw.rules) != 0 {
+		t.Fatalf("rules left: %q", fw.rules)
 	}
 }
