@@ -4,8 +4,8 @@
 //	hub client (netstacktest.Host, gVisor) ── raw port ── vpnlinktest hub ══ TLS over loopback TCP ══
 //	vpnlink.Client ── netstack ── router ── host loopback socket ── sink / source / echo
 //
-// Workloads: upload (client → sink), download (source → client), idle
-// (N concurrent sessions held open). It prints throughput, GC and memory
+// Workloads: upload (client → sink), download (source → client), cps (new
+// connections with 32 workers), idle (N concurrent sessions held open). It prints throughput, GC and memory
 // figures as one JSON object and writes CPU and heap profiles:
 //
 //	go run ./bench/inproc -mode upload -seconds 5 -cpuprofile /tmp/up.pprof
@@ -57,6 +57,8 @@ type result struct {
 	Bytes        int64   `json:"bytes,omitempty"`
 	Gbps         float64 `json:"gbps,omitempty"`
 	Sessions     int     `json:"sessions,omitempty"`
+	ConnPerS     float64 `json:"conn_per_s,omitempty"`
+	Failed       int64   `json:"failed,omitempty"`
 	HeapInuseMB  float64 `json:"heap_inuse_mb"`
 	StackInuseMB float64 `json:"stack_inuse_mb"`
 	Goroutines   int     `json:"goroutines"`
@@ -67,20 +69,42 @@ type result struct {
 }
 
 func main() {
-	mode := flag.String("mode", "upload", "upload | download | idle")
-	seconds := flag.Duration("seconds", 5*time.Second, "transfer time (upload, download)")
+	mode := flag.String("mode", "upload", "upload | download | cps (32 workers: connect, 1-byte echo, close) | idle")
+	seconds := flag.Duration("seconds", 5*time.Second, "duration (upload, download, cps)")
 	sessions := flag.Int("sessions", 4096, "sessions to hold (idle)")
 	cpuProf := flag.String("cpuprofile", "", "write a CPU profile of the workload here")
 	memProf := flag.String("memprofile", "", "write a heap profile at the end of the workload here")
 	verbose := flag.Bool("v", false, "log at debug level to stderr")
+	mutexProf := flag.String("mutexprofile", "", "write a mutex contention profile here")
+	blockProf := flag.String("blockprofile", "", "write a blocking profile (waits over 100 µs) here")
 	flag.Parse()
+	if *mutexProf != "" {
+		runtime.SetMutexProfileFraction(5)
+		defer writeProfile("mutex", *mutexProf)
+	}
+	if *blockProf != "" {
+		runtime.SetBlockProfileRate(int((100 * time.Microsecond).Nanoseconds()))
+		defer writeProfile("block", *blockProf)
+	}
 	res, err := run(*mode, *seconds, *sessions, *cpuProf, *memProf, *verbose)
 	if err != nil {
 		res.Error = err.Error()
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(res)
 	if err != nil {
-		os.Exit(1)
+		defer os.Exit(1) // after the deferred profile writers
+	}
+}
+
+func writeProfile(name, file string) {
+	f, err := os.Create(file)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
 }
 
@@ -245,6 +269,60 @@ func run(mode string, dur time.Duration, sessions int, cpuProf, memProf string, 
 		}
 		res.Seconds, res.Bytes = el.Seconds(), moved.Load()
 		res.Gbps = float64(res.Bytes) * 8 / el.Seconds() / 1e9
+	case "cps":
+		// echo server; workers loop: connect through the router, 1-byte echo, close
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+		runtime.ReadMemStats(&ms0)
+		if err := startProf(); err != nil {
+			return res, err
+		}
+		var ok, failed atomic.Int64
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		end := t0.Add(dur)
+		for w := 0; w < 32; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				one := make([]byte, 1)
+				for time.Now().Before(end) {
+					dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
+					c, err := p.host.DialTCP(dctx, dst)
+					dcancel()
+					if err == nil {
+						_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+						if _, err = c.Write(one); err == nil {
+							_, err = io.ReadFull(c, one)
+						}
+						c.Close()
+					}
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					ok.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		el := time.Since(t0)
+		if stopProf != nil {
+			stopProf()
+		}
+		res.Seconds, res.Sessions = el.Seconds(), int(ok.Load())
+		res.ConnPerS = float64(ok.Load()) / el.Seconds()
+		res.Failed = failed.Load()
 	case "idle":
 		var wg sync.WaitGroup
 		var mu sync.Mutex
