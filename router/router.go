@@ -176,7 +176,8 @@ func (r *Router) finish(f *flow, reason string) {
 	f.cancel(closeReason(reason))
 	reason = f.reason()
 	f.setState(StateClosed)
-	r.table.finish(f)
+	// The log line first: once Stats counts the flow closed, its line is out.
+	defer r.table.finish(f)
 	if r.cfg.NATLog {
 		r.log.LogAttrs(context.Background(), slog.LevelInfo, "nat close",
 			slog.Uint64("id", f.id),
