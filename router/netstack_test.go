@@ -502,19 +502,20 @@ func BenchmarkTCPFlowSetup(b *testing.B) {
 
 // idleMem caches BenchmarkIdleFlowMemory's one measurement.
 var idleMem struct {
-	once             sync.Once
-	heap, goroutines float64
+	once                    sync.Once
+	heap, stack, goroutines float64
 }
 
 // BenchmarkIdleFlowMemory reports the heap held per idle flow (router,
-// netstack endpoint and the client's own stack endpoint included) and the
-// goroutines per flow, with 500 UDP and 500 TCP flows open through the
+// netstack endpoint and the client's own stack endpoint included), the
+// goroutine stack memory and the goroutines per flow, with 500 UDP and 500 TCP flows open through the
 // in-process path. It measures once; b.N only repeats the report.
 func BenchmarkIdleFlowMemory(b *testing.B) {
 	idleMem.once.Do(func() { measureIdleFlows(b) })
 	for b.Loop() {
 	}
 	b.ReportMetric(idleMem.heap, "heap-bytes/flow")
+	b.ReportMetric(idleMem.stack, "stack-bytes/flow")
 	b.ReportMetric(idleMem.goroutines, "goroutines/flow")
 }
 
@@ -572,6 +573,7 @@ func measureIdleFlows(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms1)
 	idleMem.heap = float64(int64(ms1.HeapInuse)-int64(ms0.HeapInuse)) / (2 * n)
+	idleMem.stack = float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / (2 * n)
 	idleMem.goroutines = float64(runtime.NumGoroutine()-g0) / (2 * n)
 }
 
