@@ -131,6 +131,17 @@ func (r *Router) enter() bool {
 	return true
 }
 
+// acceptRefusal is the reason for a failed Accept: the stack aborts
+// pending handshakes when Close removes the handlers.
+func (r *Router) acceptRefusal() Refusal {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return RefusedClosing
+	}
+	return RefusedAccept
+}
+
 // now is the activity clock: monotonic nanoseconds since New.
 func (r *Router) now() int64 { return int64(time.Since(r.epoch)) }
 

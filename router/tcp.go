@@ -87,7 +87,7 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 	if err != nil {
 		host.Close()
 		r.discard(f)
-		r.refuse(RefusedAccept, ProtoTCP, src, dst, err)
+		r.refuse(r.acceptRefusal(), ProtoTCP, src, dst, err)
 		return
 	}
 	r.opened(f)

@@ -65,7 +65,7 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 	if err != nil {
 		host.Close()
 		r.discard(f)
-		r.refuse(RefusedAccept, ProtoUDP, src, dst, err)
+		r.refuse(r.acceptRefusal(), ProtoUDP, src, dst, err)
 		return
 	}
 	r.opened(f)
