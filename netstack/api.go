@@ -26,6 +26,12 @@ type Config struct {
 	// never silently. Default 8192; it must be at least the router's session
 	// limit (PEERS.md §3 pitfall 1).
 	MaxInFlightSYN int
+	// MaxTCPReceiveBuffer bounds each client flow's receive buffer, the
+	// window a hub client may have in flight towards the router. Default
+	// 1 MiB (see stack.go for the measurements); raise it for long-RTT
+	// clients on a hub whose server keeps up (allowed up to 64 MiB; the
+	// window then grows with receive-buffer moderation).
+	MaxTCPReceiveBuffer int
 	// OnForeignDHCPServer, if set, is called when a DHCP server reply
 	// (UDP source port 67 to destination port 68) from an Ethernet address
 	// other than MAC is seen on the hub; ip is the IPv4 source address of that

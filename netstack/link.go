@@ -18,3 +18,17 @@ type Link interface {
 	ReadFrame(p []byte) (int, error)
 	WriteFrames(frames [][]byte) error
 }
+
+// BatchReader is an optional extension of Link for links that receive
+// frames in bursts (*vpnlink.Client implements it). The stack then takes
+// every frame of a burst in one call and coalesces consecutive TCP segments
+// of a flow before its TCP layer sees them (GRO), which cuts per-segment
+// work and the number of ACKs sent back.
+//
+// ReadFrames blocks until at least one frame is available and then returns
+// n ≥ 1 frames in frames[:n] without copying them: the slices point into
+// the link's buffers and stay valid only until the next ReadFrames or
+// ReadFrame call. After Close it returns an error that wraps net.ErrClosed.
+type BatchReader interface {
+	ReadFrames(frames [][]byte) (n int, err error)
+}

@@ -28,13 +28,22 @@ const (
 	defaultMaxInFlightSYN = 8192
 	minMTU                = 576 // RFC 791: every host must accept 576-byte datagrams
 
-	// TCP buffer sizes. Starting points, to be tuned by benchmark:
-	// Tailscale measured 151 -> 249 Mbit/s at 100 ms RTT after raising the
-	// maxima to RX 8 MiB / TX 6 MiB (PEERS.md §2, tailscale PR #12994). The
-	// defaults stay at gVisor's 1 MiB so that idle flows cost little; the
-	// receive buffer grows by moderation, the send buffer by auto-tuning.
+	// TCP buffer sizes. The send buffer starts at gVisor's 1 MiB and grows
+	// by auto-tuning to 6 MiB (Tailscale measured 151 -> 249 Mbit/s at
+	// 100 ms RTT with RX 8 MiB / TX 6 MiB, PEERS.md §2, tailscale PR #12994).
+	//
+	// The receive buffer (the window offered to hub clients) is capped at
+	// 1 MiB by default (Config.MaxTCPReceiveBuffer): upload frames cross
+	// SoftEther's local bridge, whose packet socket drops whatever arrives
+	// while vpnserver is busy, so a client allowed 8 MiB in flight bursts
+	// into that loss. Measured on the 2-core lab (real vpnserver 5.01,
+	// iperf3 -t 5 client→LAN, 2 runs each, netstack/PERF.md): max 8 MiB
+	// 1.71/1.84 Gbit/s with 75 000/82 000 retransmits; 2 MiB 1.95/1.93 with
+	// 43 000/39 000; 1 MiB 1.91/1.97 with 14 600/14 700; 512 KiB 1.64/1.67
+	// with 12 000/13 000; 256 KiB 1.62/2.01 with 10 000/15 000. The cost:
+	// 1 MiB per RTT bounds one flow to ~280 Mbit/s at 30 ms RTT.
 	tcpRecvBufDefault = 1 << 20
-	tcpRecvBufMax     = 8 << 20
+	tcpRecvBufMax     = 1 << 20
 	tcpSendBufDefault = 1 << 20
 	tcpSendBufMax     = 6 << 20
 
@@ -170,6 +179,12 @@ func (c *Config) withDefaults() error {
 	if c.MaxInFlightSYN < 1 {
 		return fmt.Errorf("netstack: MaxInFlightSYN %d must be positive", c.MaxInFlightSYN)
 	}
+	if c.MaxTCPReceiveBuffer == 0 {
+		c.MaxTCPReceiveBuffer = tcpRecvBufMax
+	}
+	if c.MaxTCPReceiveBuffer < tcp.MinBufferSize || c.MaxTCPReceiveBuffer > 64<<20 {
+		return fmt.Errorf("netstack: MaxTCPReceiveBuffer %d out of range %d..%d", c.MaxTCPReceiveBuffer, tcp.MinBufferSize, 64<<20)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -204,7 +219,7 @@ func (st *Stack) configure() error {
 		// gVisor derives the SYN-ACK window scale from the maximum receive
 		// buffer when moderation is on (endpoint.go rcvWndScaleForHandshake),
 		// so 8 MiB gives scale 7 and windows up to 8 MiB.
-		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpRecvBufDefault, Max: tcpRecvBufMax},
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: min(tcpRecvBufDefault, st.cfg.MaxTCPReceiveBuffer), Max: st.cfg.MaxTCPReceiveBuffer},
 		&tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcpSendBufDefault, Max: tcpSendBufMax},
 		// Receive-buffer moderation: grow each flow's window only as its
 		// measured BDP needs, so thousands of idle flows stay small. gonet
