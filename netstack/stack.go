@@ -228,6 +228,17 @@ func (st *Stack) configure() error {
 		// Nagle off (gVisor's default): we relay whatever the host socket
 		// gave us immediately; coalescing is the sender's job.
 		ptr(tcpip.TCPDelayEnabled(false)),
+		// TIME_WAIT 500 ms instead of gVisor's 60 s. Forwarded endpoints have
+		// no listener, and gVisor hands a new SYN that hits a TIME_WAIT
+		// endpoint only to a listener (transport/tcp/connect.go
+		// handleTimeWaitSegments): when the server closed first, a client
+		// reusing that port hung for up to 60 s (router
+		// TestNetServerClosesFirst, after 200-400 flows). On one L2 segment
+		// old duplicates die within milliseconds; the host socket keeps its
+		// own TIME_WAIT toward the real peer. Below the usual 1 s initial
+		// SYN retransmission timeout, so a SYN that still meets a TIME_WAIT
+		// endpoint is retried after it has gone: a delay, never a hang.
+		ptr(tcpip.TCPTimeWaitTimeoutOption(500 * time.Millisecond)),
 	}
 	for _, o := range tcpOpts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
