@@ -229,3 +229,29 @@ func FuzzParseRule(f *testing.F) {
 		}
 	})
 }
+
+func TestSetRulesReplacesACL(t *testing.T) {
+	r := &Router{}
+	a := newACL(nil, false)
+	r.acl.Store(&a)
+	dst := netip.MustParseAddrPort("10.1.2.3:22")
+	src := netip.MustParseAddr("192.168.30.10")
+	if ok, _ := r.acl.Load().check(ProtoTCP, src, dst); !ok {
+		t.Fatal("allowed by default before the reload")
+	}
+	rule, err := ParseRule("deny tcp to 10.0.0.0/8 port 22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetRules([]Rule{rule}, false)
+	if ok, _ := r.acl.Load().check(ProtoTCP, src, dst); ok {
+		t.Fatal("still allowed after SetRules")
+	}
+	if got := r.ACL(); len(got) != len(DefaultDenyRules())+1 {
+		t.Fatalf("ACL has %d rules", len(got))
+	}
+	r.SetRules(nil, true)
+	if got := r.ACL(); len(got) != 0 {
+		t.Fatalf("ACL after SetRules(nil, true): %v", got)
+	}
+}

@@ -184,7 +184,7 @@ func (r *Router) onEcho(req netstack.EchoRequest) {
 func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow {
 	r := x.r
 	client, dest := netip.AddrPortFrom(req.Src, req.ID), netip.AddrPortFrom(req.Dst, 0)
-	if ok, _ := r.acl.check(ProtoICMP, req.Src, dest); !ok {
+	if ok, _ := r.acl.Load().check(ProtoICMP, req.Src, dest); !ok {
 		r.refuse(RefusedACL, ProtoICMP, client, dest, nil)
 		_ = r.echo.WriteICMPUnreachable(req, netstack.RejectAdminProhibited)
 		return nil

@@ -22,7 +22,7 @@ type Router struct {
 	cfg   Config
 	log   *slog.Logger
 	rlog  *rateLogger
-	acl   acl
+	acl   atomic.Pointer[acl] // replaced whole by SetRules
 	table *flowTable
 	st    *netstack.Stack // nil in unit tests that drive the handlers directly
 	echo  echoWriter      // st, or a fake
@@ -78,13 +78,14 @@ func newRouter(cfg Config, echo echoWriter) (*Router, error) {
 		cfg:    cfg,
 		log:    log,
 		rlog:   newRateLogger(log, time.Second),
-		acl:    newACL(cfg.Rules, cfg.NoDefaultDeny),
 		table:  newFlowTable(cfg.MaxSessions, cfg.MaxSessionsPerClient),
 		echo:   echo,
 		epoch:  time.Now(),
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	a := newACL(cfg.Rules, cfg.NoDefaultDeny)
+	r.acl.Store(&a)
 	r.checkFDLimit()
 	if echo != nil {
 		r.icmp = newICMPForwarder(r)
@@ -401,7 +402,15 @@ func (r *Router) Config() Config {
 	return c
 }
 
+// SetRules replaces the ACL (for a configuration reload): DefaultDenyRules
+// unless noDefaultDeny, then rules. New flows are checked against the new
+// list; open flows are not re-checked.
+func (r *Router) SetRules(rules []Rule, noDefaultDeny bool) {
+	a := newACL(slices.Clone(rules), noDefaultDeny)
+	r.acl.Store(&a)
+}
+
 // ACL returns the rules in the order they are evaluated: DefaultDenyRules
-// (unless Config.NoDefaultDeny), then Config.Rules. A flow matching none is
+// (unless Config.NoDefaultDeny), then Config.Rules (or those of the last SetRules). A flow matching none is
 // allowed.
-func (r *Router) ACL() []Rule { return slices.Clone(r.acl.rules) }
+func (r *Router) ACL() []Rule { return slices.Clone(r.acl.Load().rules) }

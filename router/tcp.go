@@ -50,7 +50,7 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 		return
 	}
 	defer r.wg.Done()
-	if ok, _ := r.acl.check(ProtoTCP, src.Addr(), dst); !ok {
+	if ok, _ := r.acl.Load().check(ProtoTCP, src.Addr(), dst); !ok {
 		r.refuse(RefusedACL, ProtoTCP, src, dst, nil)
 		req.Reject(netstack.RejectAdminProhibited)
 		return

@@ -38,7 +38,7 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 		return
 	}
 	defer r.wg.Done()
-	if ok, _ := r.acl.check(ProtoUDP, src.Addr(), dst); !ok {
+	if ok, _ := r.acl.Load().check(ProtoUDP, src.Addr(), dst); !ok {
 		r.refuse(RefusedACL, ProtoUDP, src, dst, nil)
 		req.Reject(netstack.RejectAdminProhibited)
 		return

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,8 @@ type app struct {
 	// dhcpSrv is dhcp for the DHCP server's own goroutine (OnChange), which
 	// may run before start has assigned a.dhcp.
 	dhcpSrv atomic.Pointer[dhcp.Server]
+
+	argv []string // the command line, re-read on SIGHUP
 
 	// routerDial, if set, replaces the router's host dialer (tests).
 	routerDial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -146,6 +149,7 @@ func runRouter(ctx context.Context, argv []string, cfg config, set settings, lev
 	if err != nil {
 		return err
 	}
+	a.argv = argv
 	defer func() {
 		if err := a.close(); err != nil {
 			log.Warn("shutdown", "err", err)
@@ -170,7 +174,7 @@ func runRouter(ctx context.Context, argv []string, cfg config, set settings, lev
 			log.Info("shutting down", "reason", context.Cause(ctx))
 			return nil
 		case <-hup:
-			a.reload(argv, level)
+			a.reload(level)
 		}
 	}
 }
@@ -360,21 +364,41 @@ func (a *app) publishLeaseNames() {
 }
 
 // reload re-reads the configuration on SIGHUP and applies what is safe to
-// change while running: the log level.
-func (a *app) reload(argv []string, level *slog.LevelVar) {
+// change while running: the log level and the access rules (new flows are
+// checked against the new rules). Everything else needs a restart; a reload
+// that changes it says so.
+func (a *app) reload(level *slog.LevelVar) {
 	fs := flag.NewFlagSet("acrouter", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cfg, err := parseArgs(fs, argv)
+	cfg, err := parseArgs(fs, a.argv)
+	var set settings
 	if err == nil {
-		var set settings
 		set, err = cfg.validate(true)
-		if err == nil {
-			level.Set(slog.Level(set.LogLevel))
-			a.log.Info("configuration reloaded", "log_level", cfg.Log.Level)
-			return
-		}
 	}
-	a.log.Warn("configuration reload rejected; keeping the running configuration", "err", err)
+	var rules []router.Rule
+	for _, s := range cfg.Router.Rules {
+		if err != nil {
+			break
+		}
+		var r router.Rule
+		if r, err = router.ParseRule(s); err != nil {
+			err = fmt.Errorf("config key router.rules: %w", err)
+		}
+		rules = append(rules, r)
+	}
+	if err != nil {
+		a.log.Warn("configuration reload rejected; keeping the running configuration", "err", err)
+		return
+	}
+	level.Set(slog.Level(set.LogLevel))
+	a.router.SetRules(rules, cfg.Router.NoDefaultDeny)
+	a.log.Info("configuration reloaded", "log_level", cfg.Log.Level, "rules", len(rules), "no_default_deny", cfg.Router.NoDefaultDeny)
+	old := a.cfg
+	old.Log.Level, old.Router.Rules, old.Router.NoDefaultDeny = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny
+	if !reflect.DeepEqual(old, cfg) {
+		a.log.Warn("the reloaded configuration changes settings that only take effect after a restart; only log.level and router.rules were applied")
+	}
+	a.cfg.Log.Level, a.cfg.Router.Rules, a.cfg.Router.NoDefaultDeny = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny
 }
 
 // close stops everything in dependency order: services, router, virtual

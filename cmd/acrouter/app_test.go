@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +80,7 @@ func testApp(t *testing.T, extraArgs ...string) (*app, *netstacktest.Host, *vpnl
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.argv = args
 	t.Cleanup(func() {
 		if err := a.close(); err != nil {
 			t.Errorf("close: %v", err)
@@ -226,5 +229,46 @@ func getJSON(t *testing.T, url string, v any) {
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestReloadAppliesRules(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "acrouter.toml")
+	write := func(rules string) {
+		t.Helper()
+		if err := os.WriteFile(conf, []byte("[router]\nrules = ["+rules+"]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	a, host, _ := testApp(t, "--config", conf)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dial := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := host.DialTCP(ctx, lanAddr(t, ln))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(); err != nil {
+		t.Fatalf("before the reload: %v", err)
+	}
+	write(`"deny tcp to 10.99.0.0/16"`)
+	var level slog.LevelVar
+	a.reload(&level)
+	if err := dial(); err == nil {
+		t.Fatal("the reloaded deny rule was not applied")
+	}
+	write(`"deny tcp to"`) // broken: the running rules stay
+	a.reload(&level)
+	if err := dial(); err == nil {
+		t.Fatal("a rejected reload changed the rules")
 	}
 }
