@@ -60,6 +60,12 @@ type linkEndpoint struct {
 	ctr    *linkCounters
 	onDHCP func(src net.HardwareAddr, ip [4]byte) // foreign DHCP server hook, or nil
 
+	// proxyARP are extra addresses answered like addr in ARP (the
+	// router's host-loopback alias; see Stack.AddProxyARP in dial.go).
+	// Copy-on-write under proxyMu; nil or empty almost always.
+	proxyMu  sync.Mutex
+	proxyARP atomic.Pointer[[]tcpip.Address]
+
 	mtu atomic.Uint32 // IP MTU
 
 	dispMu     sync.RWMutex
@@ -336,7 +342,7 @@ func (e *linkEndpoint) fixOutboundARP(f []byte) bool {
 	case header.ARPRequest:
 		copy(a.ProtocolAddressSender(), e.addr.AsSlice())
 	case header.ARPReply:
-		if tcpip.AddrFrom4Slice(a.ProtocolAddressSender()) != e.addr {
+		if sender := tcpip.AddrFrom4Slice(a.ProtocolAddressSender()); sender != e.addr && !e.isProxyARP(sender) {
 			e.log.Debug("netstack: dropped a spoofed ARP reply", "ip", net.IP(a.ProtocolAddressSender()).String())
 			return false
 		}
@@ -633,7 +639,7 @@ func (e *linkEndpoint) filterARP(p []byte) bool {
 	case header.ARPReply:
 		return true
 	case header.ARPRequest:
-		if tcpip.AddrFrom4Slice(a.ProtocolAddressTarget()) == e.addr {
+		if target := tcpip.AddrFrom4Slice(a.ProtocolAddressTarget()); target == e.addr || e.isProxyARP(target) {
 			return true
 		}
 	}
