@@ -176,7 +176,13 @@ func (l *link) writeLoop() {
 
 func (l *link) write(b []byte) bool {
 	l.w.raw.SetWriteDeadline(time.Now().Add(l.timeout))
-	if _, err := l.w.tc.Write(b); err != nil {
+	// One write call for the whole batch rather than one per TLS record.
+	l.w.raw.beginBatch()
+	_, err := l.w.tc.Write(b)
+	if ferr := l.w.raw.endBatch(); err == nil {
+		err = ferr
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			err = fmt.Errorf("%w: sending blocked for %v", ErrLinkDead, l.timeout)
 		} else {

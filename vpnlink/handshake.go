@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +31,48 @@ const bufSize = 64 << 10
 type idleConn struct {
 	net.Conn
 	timeout atomic.Int64 // ns; 0 = no per-read deadline
+
+	// Write coalescing: between beginBatch and endBatch, writes (the TLS
+	// records crypto/tls writes one by one, 16 KiB each) collect in wbuf
+	// and go out with one write call.
+	wmu       sync.Mutex
+	buffering bool   // guarded by wmu
+	wbuf      []byte // guarded by wmu
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	if c.buffering {
+		c.wbuf = append(c.wbuf, p...)
+		c.wmu.Unlock()
+		return len(p), nil
+	}
+	c.wmu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// beginBatch starts collecting writes.
+func (c *idleConn) beginBatch() {
+	c.wmu.Lock()
+	c.buffering = true
+	c.wmu.Unlock()
+}
+
+// endBatch writes what was collected since beginBatch with one call.
+func (c *idleConn) endBatch() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.buffering = false
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	if cap(c.wbuf) > maxKeptBatch {
+		c.wbuf = nil
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
