@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,7 +89,11 @@ func TestSoak(t *testing.T) {
 	dial := DialInNS(lab.NSCLab)
 	lan := lab.LANIP.String()
 	var wg sync.WaitGroup
+	only := os.Getenv("SOAK_ONLY") // e.g. "http,iperf3": run only these workers (diagnosis)
 	worker := func(name string, pause time.Duration, op func(ctx context.Context) error) {
+		if only != "" && !slices.ContainsFunc(strings.Split(only, ","), func(p string) bool { return strings.HasPrefix(name, p) }) {
+			return
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -193,7 +198,11 @@ func TestSoak(t *testing.T) {
 		if flip = !flip; flip {
 			args = append(args, "-R")
 		}
+		t1 := time.Now()
 		out, err := lab.Exec(ctx, lab.NSCLab, args...)
+		if os.Getenv("SOAK_VERBOSE") != "" {
+			t.Logf("iperf3 %v %s..%s: %v", args[len(args)-1], t1.Format("15:04:05.0"), time.Now().Format("15:04:05.0"), err)
+		}
 		if err != nil {
 			return err
 		}
