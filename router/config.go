@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 )
 
@@ -81,6 +82,19 @@ type Config struct {
 	// conn must be connected to the destination). Nil uses a net.Dialer
 	// with keepalive per TCPKeepAlive. Tests use it to inject failures.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Forwards are inbound port forwards that New starts (see PortForward
+	// and AddForward); New fails if one cannot listen. More can be added
+	// and removed at run time.
+	Forwards []PortForward
+	// LoopbackAlias, if valid, is a virtual address that leads to the
+	// router host's own 127.0.0.1 (zero: off, the default). SECURITY: it
+	// exposes every service bound to the host's loopback to all hub
+	// clients; see alias.go. The ACL sees the alias address, and the
+	// default deny of 127.0.0.0/8 still holds for every other address.
+	// Inside the router's subnet the stack answers ARP for it (keep it out
+	// of the DHCP pool); outside, clients reach it through the router.
+	LoopbackAlias netip.Addr
 }
 
 // Defaults.
@@ -146,6 +160,14 @@ func (c Config) validate() error {
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s %v is negative", name, d))
+		}
+	}
+	if err := validateLoopbackAlias(c.LoopbackAlias); err != nil {
+		errs = append(errs, err)
+	}
+	for i, pf := range c.Forwards {
+		if err := pf.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("Forwards[%d] %q: %w", i, pf, err))
 		}
 	}
 	for i, r := range c.Rules {

@@ -90,6 +90,9 @@ type Flow struct {
 	Created               time.Time
 	Age                   time.Duration
 	LastActivity          time.Time
+	// Inbound marks a port-forward connection (Router.AddForward): Client
+	// is the hub client it reaches, Dest the host-side peer that connected.
+	Inbound bool
 }
 
 // flow is one entry of the flow table. The counters and the activity clock
@@ -102,6 +105,7 @@ type flow struct {
 	dest      netip.AddrPort
 	created   time.Time // wall + monotonic
 	evictable bool      // UDP/ICMP: may be evicted at the session caps
+	inbound   bool      // a port-forward connection (forward.go)
 
 	last       atomic.Int64 // monotonic nanoseconds since the router's epoch
 	state      atomic.Uint32

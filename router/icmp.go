@@ -194,7 +194,7 @@ func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow
 		_ = r.echo.WriteICMPUnreachable(req, netstack.RejectAdminProhibited)
 		return nil
 	}
-	fl := &icmpFlow{f: f, key: key, hostDst: req.Dst}
+	fl := &icmpFlow{f: f, key: key, hostDst: r.hostAddr(req.Dst)} // loopback alias → 127.0.0.1
 	if x.mapDst != nil {
 		fl.hostDst = x.mapDst(req.Dst)
 	}

@@ -38,6 +38,7 @@ type Router struct {
 	wg     sync.WaitGroup // every goroutine running router code
 
 	icmp *icmpForwarder
+	fwd  forwarder // inbound port forwards (forward.go)
 
 	// Counters; the byte totals of ended flows are in the table.
 	created [ProtoICMP + 1]atomic.Uint64
@@ -59,6 +60,14 @@ func New(st *netstack.Stack, cfg Config) (*Router, error) {
 	st.SetTCPHandler(r.onTCP)
 	st.SetUDPHandler(r.onUDP)
 	st.SetICMPEchoHandler(r.onEcho)
+	if err := r.startAlias(); err != nil { // alias.go
+		r.Close()
+		return nil, err
+	}
+	if err := r.startForwards(); err != nil { // forward.go
+		r.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -104,6 +113,7 @@ func (r *Router) Close() error {
 	}
 	r.closed = true
 	r.mu.Unlock()
+	r.closeForwards() // stop the port-forward listeners (forward.go)
 	if r.st != nil {
 		r.st.SetTCPHandler(nil)
 		r.st.SetUDPHandler(nil)
@@ -199,7 +209,7 @@ func (r *Router) finish(f *flow, reason string) {
 			slog.Uint64("bytes_out", f.bytesOut.Load()),
 			slog.Uint64("bytes_in", f.bytesIn.Load()),
 			slog.Duration("duration", time.Since(f.created).Round(time.Millisecond)),
-			slog.String("reason", reason))
+			slog.String("reason", reason), inboundAttr(f))
 	}
 }
 
@@ -211,7 +221,7 @@ func (r *Router) opened(f *flow) {
 			slog.Uint64("id", f.id),
 			slog.String("proto", f.proto.String()),
 			slog.String("client", f.client.String()),
-			slog.String("dest", f.dest.String()))
+			slog.String("dest", f.dest.String()), inboundAttr(f))
 	}
 }
 
@@ -284,6 +294,7 @@ func (r *Router) checkFDLimit() {
 
 // dialer returns the function used to open host sockets.
 func (r *Router) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	addr = r.hostDialAddr(addr) // the loopback alias leads to 127.0.0.1 (alias.go)
 	if r.cfg.Dial != nil {
 		c, err := r.cfg.Dial(ctx, network, addr)
 		if err == nil {
@@ -331,6 +342,7 @@ func (r *Router) Flows() []Flow {
 			Created:      f.created,
 			Age:          now.Sub(f.created),
 			LastActivity: last,
+			Inbound:      f.inbound,
 		})
 	}
 	slices.SortFunc(out, func(a, b Flow) int { return cmp.Compare(a.ID, b.ID) })
