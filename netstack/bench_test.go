@@ -83,3 +83,33 @@ func BenchmarkTCPThroughput(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTCPRequestResponse: 64-byte request/response on one connection
+// between the client Host and an echo handler (both stacks in-process over
+// a Pipe): the per-packet latency of the stack and its link endpoint.
+func BenchmarkTCPRequestResponse(b *testing.B) {
+	e := newEnv(b)
+	e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	})
+	c, err := e.host.DialTCP(ctxT(b), foreignTCP)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	msg, resp := make([]byte, 64), make([]byte, 64)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

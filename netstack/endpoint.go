@@ -206,15 +206,78 @@ func (e *linkEndpoint) Close() {
 func (e *linkEndpoint) SetOnCloseAction(func()) {}
 
 // WritePackets implements stack.LinkWriter. It copies every packet into a
-// frame buffer and queues it for writeLoop; it never blocks on the Link.
+// frame buffer. When nobody else is writing and nothing is queued it hands
+// the frames to the Link itself (writeDirect); otherwise it queues them for
+// writeLoop and never blocks on the Link.
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if e.wmu.TryLock() {
+		n, err := e.writeDirect(pkts)
+		e.wmu.Unlock()
+		return n, err
+	}
+	e.qmu.Lock()
+	closed := e.qclosed
+	e.qmu.Unlock()
+	if closed {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	return e.queuePackets(pkts.AsSlice()), nil
+}
+
+// writeDirect writes pkts to the Link on the calling goroutine, sparing the
+// hand-off to writeLoop (one goroutine wake-up less per burst: lower
+// request/response latency and less CPU; the Link's WriteFrames only
+// queues, see the Link contract). Frames already queued go first, so every
+// sender's frames keep their order. wmu is held.
+func (e *linkEndpoint) writeDirect(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	for i := 0; i < writeQueueFrames/maxBatchFrames+1; i++ {
+		if k, _ := e.flushLocked(); k == 0 {
+			break
+		}
+	}
+	n := 0
+	for all := pkts.AsSlice(); len(all) > 0; {
+		e.qmu.Lock()
+		if e.qclosed {
+			e.qmu.Unlock()
+			return n, &tcpip.ErrClosedForSend{}
+		}
+		batch := e.batch[:0]
+		for len(all) > 0 && len(batch) < maxBatchFrames {
+			pkt := all[0]
+			all = all[1:]
+			if pkt.Size() > e.frameCap {
+				e.ctr.dropTooBig.Add(1)
+				continue
+			}
+			f := e.takeFrameLocked(pkt.Size())
+			f = f[:copyPacket(f, pkt)]
+			if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
+				e.free = append(e.free, f[:cap(f)])
+				continue
+			}
+			batch = append(batch, f)
+		}
+		e.qmu.Unlock()
+		if len(batch) > 0 {
+			e.write(batch)
+		}
+		n += len(batch)
+		e.recycle(batch)
+		e.batch = batch[:0]
+	}
+	return n, nil
+}
+
+// queuePackets queues pkts for writeLoop (the WritePackets queue path).
+func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 	n := 0
 	e.qmu.Lock()
 	if e.qclosed {
 		e.qmu.Unlock()
-		return 0, &tcpip.ErrClosedForSend{}
+		return 0
 	}
-	for _, pkt := range pkts.AsSlice() {
+	for _, pkt := range pkts {
 		if !e.roomLocked() {
 			break
 		}
@@ -234,7 +297,7 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	if n > 0 {
 		e.kick()
 	}
-	return n, nil
+	return n
 }
 
 // enqueueFrames queues frames built outside gVisor (copied).
@@ -290,12 +353,30 @@ func (e *linkEndpoint) frameLocked(size int) []byte {
 		e.ctr.dropQueueFull.Add(1)
 		return nil
 	}
+	return e.takeFrameLocked(size)
+}
+
+// takeFrameLocked returns a frame buffer of length size ≤ frameCap from the
+// free list or a new one. qmu must be held.
+func (e *linkEndpoint) takeFrameLocked(size int) []byte {
 	if k := len(e.free); k > 0 {
 		f := e.free[k-1]
 		e.free = e.free[:k-1]
 		return f[:size]
 	}
 	return make([]byte, size, e.frameCap)
+}
+
+// recycle returns written frame buffers to the free list and clears batch.
+func (e *linkEndpoint) recycle(batch [][]byte) {
+	e.qmu.Lock()
+	for i, f := range batch {
+		if len(e.free) < writeQueueFrames {
+			e.free = append(e.free, f[:cap(f)])
+		}
+		batch[i] = nil
+	}
+	e.qmu.Unlock()
 }
 
 func (e *linkEndpoint) kick() {
@@ -375,6 +456,11 @@ func (e *linkEndpoint) writeLoop() {
 func (e *linkEndpoint) flush() (int, bool) {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
+	return e.flushLocked()
+}
+
+// flushLocked is flush with wmu held.
+func (e *linkEndpoint) flushLocked() (int, bool) {
 	e.qmu.Lock()
 	closed := e.qclosed
 	k := min(len(e.queue), maxBatchFrames)
@@ -387,14 +473,7 @@ func (e *linkEndpoint) flush() (int, bool) {
 		return 0, closed
 	}
 	e.write(e.batch)
-	e.qmu.Lock()
-	for i, f := range e.batch {
-		if len(e.free) < writeQueueFrames {
-			e.free = append(e.free, f[:cap(f)])
-		}
-		e.batch[i] = nil
-	}
-	e.qmu.Unlock()
+	e.recycle(e.batch)
 	return k, closed
 }
 

@@ -300,6 +300,10 @@ func (st *Stack) Close() error {
 		st.s.Wait()
 		st.ep.Close() // idempotent; Wait already did it via the NIC
 		<-st.ep.writerDone
+		// A sender writing directly (writeDirect) finishes before the
+		// link is closed; later ones see the queue closed.
+		st.ep.wmu.Lock()
+		st.ep.wmu.Unlock() //nolint:staticcheck // a barrier, not an empty section
 		if c, ok := st.link.(io.Closer); ok {
 			if cerr := c.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 				err = fmt.Errorf("netstack: close link: %w", cerr)
