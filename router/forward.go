@@ -156,7 +156,9 @@ func (pf PortForward) validate() error {
 
 // ForwardInfo describes one port forward and its counters (Router.Forwards).
 type ForwardInfo struct {
-	PortForward
+	// Rule is the forward as added. (A named field, not embedded: the
+	// embedded MarshalText would make JSON encode only the rule.)
+	Rule PortForward
 	// Bound is the address listened on (Listen, with port 0 resolved).
 	Bound netip.AddrPort
 	// Connections counts the TCP connections forwarded (or, for UDP, the
@@ -307,7 +309,7 @@ func (r *Router) Forwards() []ForwardInfo {
 	out := make([]ForwardInfo, 0, len(rules))
 	for _, rule := range rules {
 		fi := ForwardInfo{
-			PortForward: rule.pf,
+			Rule:        rule.pf,
 			Bound:       rule.bound,
 			Connections: rule.conns.Load(),
 			Refused:     rule.refused.Load(),

@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -89,7 +90,7 @@ func mustForward(t *testing.T, s string) PortForward {
 func forwardOf(t *testing.T, r *Router, pf PortForward) ForwardInfo {
 	t.Helper()
 	for _, fi := range r.Forwards() {
-		if fi.PortForward == pf {
+		if fi.Rule == pf {
 			return fi
 		}
 	}
@@ -570,4 +571,15 @@ func mustRule(t *testing.T, s string) Rule {
 		t.Fatal(err)
 	}
 	return r
+}
+
+func TestForwardInfoJSON(t *testing.T) {
+	fi := ForwardInfo{Rule: mustForward(t, "tcp :8022 -> 192.168.30.50:22"), Connections: 3}
+	b, err := json.Marshal(fi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(b); !strings.Contains(s, `"Rule":"tcp 0.0.0.0:8022 -\u003e 192.168.30.50:22"`) || !strings.Contains(s, `"Connections":3`) {
+		t.Errorf("JSON %s", s)
+	}
 }
