@@ -427,6 +427,9 @@ func TestFloodsInterop(t *testing.T) {
 		if peak >= rssBoundMiB {
 			t.Errorf("%s: acrouter RSS peaked at %.1f MiB (bound %d MiB)", name, peak, rssBoundMiB)
 		}
+		if fds > 1024+128 { // one client's flows are capped at 1024 (router.max_sessions_per_client)
+			t.Errorf("%s: acrouter holds %d fds: the per-client flow cap did not bound them", name, fds)
+		}
 		if fail > 0 || ok == 0 {
 			t.Errorf("%s: the second client's HTTP requests failed (%d ok, %d failed): %v", name, ok, fail, errs)
 		}
