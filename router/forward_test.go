@@ -423,9 +423,8 @@ func TestForwardAddErrors(t *testing.T) {
 	}
 }
 
-// TestForwardBindPermission: a privileged port gives an error naming the
-// port and the sysctl. As root (or where every port is unprivileged) the
-// message builder is checked alone.
+// TestForwardBindPermission checks the message for a privileged port (see
+// TestForwardBindPrivilegedPort for a real bind).
 func TestForwardBindPermission(t *testing.T) {
 	pf := mustForward(t, "tcp 127.0.0.1:1 -> 192.168.30.10:22")
 	err := listenError(pf, &net.OpError{Op: "listen", Net: "tcp4", Err: os.NewSyscallError("bind", syscall.EACCES)}, "1024")
@@ -441,15 +440,6 @@ func TestForwardBindPermission(t *testing.T) {
 		t.Errorf("message without the sysctl value: %v", err)
 	}
 
-	start, _ := strconv.Atoi(unprivilegedPortStart())
-	if os.Geteuid() == 0 || start <= 1 {
-		t.Skipf("port 1 is bindable here (euid %d, ip_unprivileged_port_start %q)", os.Geteuid(), unprivilegedPortStart())
-	}
-	leakCheck(t)
-	_, err = New(newStackForTest(t), Config{Forwards: []PortForward{pf}})
-	if err == nil || !errors.Is(err, syscall.EACCES) || !strings.Contains(err.Error(), "net.ipv4.ip_unprivileged_port_start") || !strings.Contains(err.Error(), "port 1:") {
-		t.Fatalf("New with a forward on port 1: %v", err)
-	}
 }
 
 // newStackForTest is a bare stack (no client) for New.
@@ -581,5 +571,100 @@ func TestForwardInfoJSON(t *testing.T) {
 	}
 	if s := string(b); !strings.Contains(s, `"Rule":"tcp 0.0.0.0:8022 -\u003e 192.168.30.50:22"`) || !strings.Contains(s, `"Connections":3`) {
 		t.Errorf("JSON %s", s)
+	}
+}
+
+// TestForwardSessionLimit: forwarded connections count against the hub
+// client's session cap; over it the host-side connection is reset.
+func TestForwardSessionLimit(t *testing.T) {
+	leakCheck(t)
+	r, h := newNetRouter(t, Config{MaxSessionsPerClient: 1})
+	l, err := h.ListenTCP(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	pf := PortForward{Proto: ProtoTCP, Listen: netip.MustParseAddrPort("127.0.0.1:0"), To: netip.AddrPortFrom(clientAddr, 7)}
+	if err := r.AddForward(pf); err != nil {
+		t.Fatal(err)
+	}
+	bound := forwardOf(t, r, pf).Bound.String()
+	c1, err := net.Dial("tcp", bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c1.Write([]byte("1"))
+	readFull(t, c1, 1)
+	c2, err := net.Dial("tcp", bound)
+	if err == nil {
+		defer c2.Close()
+		c2.SetReadDeadline(time.Now().Add(waitLimit))
+		_, err = c2.Read(make([]byte, 1))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) && err != io.EOF {
+		t.Fatalf("second connection over the per-client cap: %v; want a reset", err)
+	}
+	if fi := forwardOf(t, r, pf); fi.Refused != 1 || fi.Connections != 1 || fi.Active != 1 {
+		t.Errorf("ForwardInfo = %+v", fi)
+	}
+	if n := r.Stats().Refused["client-limit"]; n != 1 {
+		t.Errorf("client-limit refusals = %d", n)
+	}
+}
+
+// BenchmarkForwardTCP: host-side 127.0.0.1 client → forward → netstack →
+// pipe → the hub client's sink (gVisor on both ends of the pipe).
+func BenchmarkForwardTCP(b *testing.B) {
+	r, h := newNetRouter(b, Config{})
+	l, err := h.ListenTCP(9)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	total := make(chan int64, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			total <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		total <- n
+	}()
+	pf := PortForward{Proto: ProtoTCP, Listen: netip.MustParseAddrPort("127.0.0.1:0"), To: netip.AddrPortFrom(clientAddr, 9)}
+	if err := r.AddForward(pf); err != nil {
+		b.Fatal(err)
+	}
+	c, err := net.Dial("tcp", r.Forwards()[0].Bound.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	chunk := make([]byte, 64<<10)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	select {
+	case n := <-total:
+		if want := int64(b.N) * int64(len(chunk)); n != want {
+			b.Fatalf("sink got %d bytes, want %d", n, want)
+		}
+	case <-time.After(time.Minute):
+		b.Fatal("sink did not finish")
 	}
 }
