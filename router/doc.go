@@ -75,9 +75,30 @@
 // in the spirit of SoftEther's NAT log (src/Cedar/Virtual.c CreateNatTcp:
 // NLog "LH_NAT_TCP_CREATED" with the session id, client and destination).
 //
+// # Inbound port forwarding
+//
+// AddForward (or Config.Forwards) listens on the router's host, as the
+// process's user, and carries each TCP connection, or each remote peer's UDP
+// datagrams (one mapping per peer, closed after UDPIdleTimeout), to a port of
+// a hub client, from the router address. The text form, parsed by
+// ParsePortForward, is "tcp 0.0.0.0:8022 -> 192.168.30.50:22". Forwards can
+// be added and removed at run time (RemoveForward ends the forward's
+// connections) and are listed with their counters by Forwards. Forwarded
+// connections are flows (Flow.Inbound, inbound=true in the NAT log) under the
+// session caps, with the hub client as the client; the ACL does not apply to
+// them.
+//
+// # Host-loopback alias
+//
+// Config.LoopbackAlias (off by default) is one address that leads to the
+// host's own 127.0.0.1: TCP, UDP and ping to it reach services that listen
+// only on the host's loopback. It is a security decision: every such service
+// becomes reachable by every hub client unless the ACL restricts the alias.
+// The ACL sees the alias address, and the default deny of 127.0.0.0/8 stays
+// in force for every other address. Inside the router's subnet the stack
+// answers ARP for the alias.
+//
 // # What it does not do
 //
-// No inbound port forwarding, no IPv6 ICMP (netstack is IPv4 only), no
-// host-loopback alias (NoDefaultDeny plus an explicit rule is the building
-// block for one), no per-flow bandwidth limits.
+// No IPv6 ICMP (netstack is IPv4 only), no per-flow bandwidth limits.
 package router
