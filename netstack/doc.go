@@ -6,10 +6,11 @@
 // # What it does
 //
 // A Stack is one host on the hub with Config.MAC and the IPv4 address in
-// Config.Addr. It answers ARP for that address only, answers ping to it,
-// reassembles and fragments IP, and runs listeners on it (ListenTCP,
-// ListenUDP, ListenDHCP). Every flow to any other address is handed to the
-// caller's handlers:
+// Config.Addr. It answers ARP for that address only (and for addresses added
+// with AddProxyARP), answers ping to it, reassembles and fragments IP, runs
+// listeners on it (ListenTCP, ListenUDP, ListenDHCP) and opens connections
+// from it to hosts on the hub (DialTCP, DialUDP). Every flow to any other
+// address is handed to the caller's handlers:
 //
 //   - a TCP SYN becomes a TCPRequest (gVisor's tcp.Forwarder); the handler
 //     dials first and then calls Accept (handshake completes) or Reject (RST
@@ -24,9 +25,9 @@
 // accepts packets to any address and replies from them. The link endpoint
 // keeps that from leaking onto the hub: it drops unicast frames for other
 // MACs, frames from our own MAC, multicast IP, non-IPv4/ARP EtherTypes, and
-// ARP requests for addresses other than the router's (gVisor would answer
-// them all in spoofing mode), and it rewrites the sender address of our ARP
-// requests to the router address.
+// ARP requests for addresses other than the router's and the proxy-ARP ones
+// (gVisor would answer them all in spoofing mode), and it rewrites the sender
+// address of our ARP requests to the router address.
 //
 // # Lifecycle and ownership
 //
