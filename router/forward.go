@@ -33,13 +33,13 @@ import (
 // host reach To on the hub.
 type PortForward struct {
 	Proto  Proto          // ProtoTCP or ProtoUDP
-	Listen netip.AddrPort // host address and port to listen on; 0.0.0.0 = every IPv4 address, [::] = every address; port 0 = any free port (see ForwardInfo.Bound)
+	Listen netip.AddrPort // host address and port to listen on; 0.0.0.0 = every IPv4 address, [::] = every IPv6 address (a separate rule from 0.0.0.0); port 0 = any free port (see ForwardInfo.Bound)
 	To     netip.AddrPort // a hub client's IPv4 address and port, inside the router's subnet
 }
 
 // PortForwardSyntax documents the text form of a PortForward.
 const PortForwardSyntax = `tcp|udp LISTEN -> CLIENT_IP:PORT
-  LISTEN is ADDRESS:PORT on the router's host (0.0.0.0:8022, 127.0.0.1:8022, [::]:8022) or :PORT (every IPv4 address).
+  LISTEN is ADDRESS:PORT on the router's host (0.0.0.0:8022, 127.0.0.1:8022, [::]:8022) or :PORT (every IPv4 address; [::] listens on IPv6 only).
   CLIENT_IP is a hub client's IPv4 address in the router's subnet. Ports are 1-65535; listening on
   ports below 1024 needs the host's net.ipv4.ip_unprivileged_port_start sysctl to allow it.
   e.g.  tcp 0.0.0.0:8022 -> 192.168.30.50:22      udp :5353 -> 192.168.30.60:53`
