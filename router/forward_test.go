@@ -668,3 +668,24 @@ func BenchmarkForwardTCP(b *testing.B) {
 		b.Fatal("sink did not finish")
 	}
 }
+
+// FuzzParsePortForward: rule text arrives through the status API; parsing
+// never panics, and what parses prints back to the same rule.
+func FuzzParsePortForward(f *testing.F) {
+	for _, s := range []string{"tcp 0.0.0.0:8022 -> 192.168.30.50:22", "udp :53->10.0.0.1:53", "tcp [::]:1 -> 1.2.3.4:65535", "tcp a -> b", "->", "udp [fe80::1%eth0]:1 -> 1.1.1.1:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		pf, err := ParsePortForward(s)
+		if err != nil {
+			return
+		}
+		again, err := ParsePortForward(pf.String())
+		if err != nil || again != pf {
+			t.Fatalf("%q parsed to %v, which parses to %v, %v", s, pf, again, err)
+		}
+		if err := pf.validate(); err != nil {
+			t.Fatalf("%q parsed to an invalid rule %v: %v", s, pf, err)
+		}
+	})
+}
