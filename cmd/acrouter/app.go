@@ -261,11 +261,21 @@ func (a *app) start() error {
 		Rules:                rules,
 		NoDefaultDeny:        cfg.Router.NoDefaultDeny,
 		NATLog:               cfg.Log.NAT,
+		LoopbackAlias:        set.LoopbackAlias,
 		Logger:               a.log.With("component", "router"),
 		Dial:                 a.routerDial,
 	})
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
+	}
+	if set.LoopbackAlias.IsValid() {
+		a.log.Warn("host-loopback alias on: every hub client reaches this host's 127.0.0.1 services through it", "alias", set.LoopbackAlias.String())
+	}
+	for _, pf := range set.Forwards {
+		if err := a.router.AddForward(pf); err != nil {
+			return fmt.Errorf("config key router.forwards: %w", err)
+		}
+		a.log.Info("port forward", "rule", pf.String())
 	}
 	if cfg.DNS.Enabled {
 		udp, err := a.stack.ListenUDP(53)

@@ -272,3 +272,57 @@ func TestReloadAppliesRules(t *testing.T) {
 		t.Fatal("a rejected reload changed the rules")
 	}
 }
+
+// A LAN-side client reaches a service on a hub client through a port forward
+// added at run time through the status API.
+func TestPortForwardThroughStatusAPI(t *testing.T) {
+	a, host, _ := testApp(t)
+	ln, err := host.ListenTCP(2222)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "hello from the hub client\n")
+	}()
+	srv, err := startStatusServer("127.0.0.1:0", newStatusHandler(a, "tok"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := free.Addr().String()
+	free.Close()
+	code, body := doJSON(t, "POST", "http://"+srv.Addr()+"/forwards", "tok", `{"rule":"tcp `+listen+` -> 192.168.30.50:2222"}`)
+	if code != 200 {
+		t.Fatalf("POST /forwards: %d %s", code, body)
+	}
+	var fws []forwardDoc
+	if err := json.Unmarshal([]byte(body), &fws); err != nil || len(fws) != 1 || fws[0].Bound != listen {
+		t.Fatalf("forwards: %v %s", err, body)
+	}
+	c, err := net.DialTimeout("tcp", fws[0].Bound, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "hello from the hub client\n" {
+		t.Fatalf("through the forward: %q, %v", line, err)
+	}
+	if code, body := doJSON(t, "DELETE", "http://"+srv.Addr()+"/forwards", "tok", `{"rule":"tcp `+fws[0].Bound+` -> 192.168.30.50:2222"}`); code != 200 {
+		t.Fatalf("DELETE /forwards: %d %s", code, body)
+	}
+	if _, err := net.DialTimeout("tcp", fws[0].Bound, 2*time.Second); err == nil {
+		t.Fatal("the forward still listens after DELETE")
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/acrouter/acrouter/router"
 	"sort"
 	"time"
 )
@@ -161,4 +162,43 @@ func pairs(kv []string) map[string]string {
 		m[kv[i]] = kv[i+1]
 	}
 	return m
+}
+
+// The running app manages port forwards through the status API.
+var _ forwardManager = (*app)(nil)
+
+func (a *app) Forwards() []forwardDoc {
+	if a.router == nil {
+		return nil
+	}
+	var out []forwardDoc
+	for _, f := range a.router.Forwards() {
+		out = append(out, forwardDoc{Rule: f.Rule.String(), Bound: f.Bound.String(), Connections: f.Connections, Active: f.Active,
+			Refused: f.Refused, BytesIn: f.BytesToClient, BytesOut: f.BytesFromClient})
+	}
+	return out
+}
+
+func (a *app) AddForward(rule string) error {
+	pf, err := router.ParsePortForward(rule)
+	if err != nil {
+		return err
+	}
+	if err := a.router.AddForward(pf); err != nil {
+		return err
+	}
+	a.log.Info("port forward added through the status API", "rule", pf.String())
+	return nil
+}
+
+func (a *app) RemoveForward(rule string) error {
+	pf, err := router.ParsePortForward(rule)
+	if err != nil {
+		return err
+	}
+	if err := a.router.RemoveForward(pf); err != nil {
+		return err
+	}
+	a.log.Info("port forward removed through the status API", "rule", pf.String())
+	return nil
 }

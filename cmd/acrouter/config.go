@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/acrouter/acrouter/router"
 	"github.com/acrouter/acrouter/vpnlink/hubdial"
 )
 
@@ -65,6 +66,8 @@ type routerConfig struct {
 	DNSIdleTimeout       duration `toml:"dns_idle_timeout"`
 	Rules                []string `toml:"rules"`
 	NoDefaultDeny        bool     `toml:"no_default_deny"`
+	Forwards             []string `toml:"forwards"`       // "tcp 0.0.0.0:8022 -> 192.168.30.50:22"
+	LoopbackAlias        string   `toml:"loopback_alias"` // off when empty
 }
 
 type dhcpConfig struct {
@@ -237,6 +240,8 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	dur(&r.DNSIdleTimeout, "dns-idle-timeout", "router.dns_idle_timeout", "idle UDP flows to port 53 are closed after this")
 	list(&r.Rules, "rule", "router.rules", "access rule, e.g. \"deny tcp to 10.0.0.0/8 port 22\"")
 	boolean(&r.NoDefaultDeny, "no-default-deny", "router.no_default_deny", "drop the built-in deny rules (host loopback, link-local, metadata)")
+	list(&r.Forwards, "forward", "router.forwards", "inbound port forward \"tcp|udp LISTEN_ADDR:PORT -> CLIENT_IP:PORT\", e.g. \"tcp 0.0.0.0:8022 -> 192.168.30.50:22\"")
+	str(&r.LoopbackAlias, "loopback-alias", "router.loopback_alias", "virtual `address` that leads hub clients to this host's 127.0.0.1 (off by default; exposes host-loopback services to every hub client)")
 
 	d := &cfg.DHCP
 	boolean(&d.Enabled, "dhcp", "dhcp.enabled", "run the virtual DHCP server")
@@ -306,7 +311,7 @@ func parseArgs(fs *flag.FlagSet, argv []string) (config, error) {
 	fs.String("config", path, "TOML configuration `file`; flags override it")
 	// A list flag given on the command line replaces the file's list.
 	fileLists := map[string]*[]string{
-		"rule": &cfg.Router.Rules, "dhcp-dns": &cfg.DHCP.DNS, "dhcp-search": &cfg.DHCP.Search,
+		"rule": &cfg.Router.Rules, "forward": &cfg.Router.Forwards, "dhcp-dns": &cfg.DHCP.DNS, "dhcp-search": &cfg.DHCP.Search,
 		"dhcp-route": &cfg.DHCP.Routes, "dhcp-reserve": &cfg.DHCP.Reservations,
 		"dns-upstream": &cfg.DNS.Upstreams, "dns-host": &cfg.DNS.Hosts,
 	}
@@ -351,15 +356,17 @@ func findConfigFlag(argv []string) (string, error) {
 
 // settings are the validated, typed values derived from config.
 type settings struct {
-	RouterPrefix netip.Prefix
-	RouterMAC    net.HardwareAddr // nil: from the state directory
-	PoolStart    netip.Addr
-	PoolEnd      netip.Addr
-	DHCPDNS      []netip.Addr
-	Routes       []routeSetting
-	Reservations map[string]netip.Addr
-	Hosts        map[string][]netip.Addr
-	LogLevel     int // slog.Level
+	RouterPrefix  netip.Prefix
+	RouterMAC     net.HardwareAddr // nil: from the state directory
+	PoolStart     netip.Addr
+	PoolEnd       netip.Addr
+	DHCPDNS       []netip.Addr
+	Routes        []routeSetting
+	Reservations  map[string]netip.Addr
+	Hosts         map[string][]netip.Addr
+	LogLevel      int // slog.Level
+	Forwards      []router.PortForward
+	LoopbackAlias netip.Addr // zero: off
 }
 
 type routeSetting struct {
@@ -460,6 +467,28 @@ func (c *config) validate(needHub bool) (settings, error) {
 	durRange("router.tcp_idle_timeout (--tcp-idle-timeout)", c.Router.TCPIdleTimeout, time.Second, 30*24*time.Hour)
 	durRange("router.udp_idle_timeout (--udp-idle-timeout)", c.Router.UDPIdleTimeout, time.Second, 24*time.Hour)
 	durRange("router.dns_idle_timeout (--dns-idle-timeout)", c.Router.DNSIdleTimeout, time.Second, 24*time.Hour)
+
+	for _, v := range c.Router.Forwards {
+		pf, err := router.ParsePortForward(v)
+		if err != nil {
+			bad("router.forwards (--forward)", v, "\"tcp|udp LISTEN_ADDR:PORT -> CLIENT_IP:PORT\" ("+err.Error()+")")
+			continue
+		}
+		s.Forwards = append(s.Forwards, pf)
+	}
+	if c.Router.LoopbackAlias != "" {
+		a, err := netip.ParseAddr(c.Router.LoopbackAlias)
+		switch {
+		case err != nil || !a.Is4():
+			bad("router.loopback_alias (--loopback-alias)", c.Router.LoopbackAlias, "an IPv4 address")
+		case a.IsLoopback() || a.IsUnspecified() || a.IsMulticast():
+			bad("router.loopback_alias (--loopback-alias)", c.Router.LoopbackAlias, "an ordinary unicast address that hub clients can send to, e.g. 192.168.30.2")
+		case s.RouterPrefix.IsValid() && a == s.RouterPrefix.Addr():
+			bad("router.loopback_alias (--loopback-alias)", c.Router.LoopbackAlias, "an address other than the router's own")
+		default:
+			s.LoopbackAlias = a
+		}
+	}
 
 	// DHCP.
 	if s.RouterPrefix.IsValid() {

@@ -85,10 +85,12 @@ type metricSample struct {
 
 type forwardDoc struct {
 	Rule        string `json:"rule"`
+	Bound       string `json:"bound,omitempty"` // the address listened on
 	Connections uint64 `json:"connections"`
 	Active      int    `json:"active"`
-	BytesIn     uint64 `json:"bytes_in"`
-	BytesOut    uint64 `json:"bytes_out"`
+	Refused     uint64 `json:"refused"`
+	BytesIn     uint64 `json:"bytes_to_client"`
+	BytesOut    uint64 `json:"bytes_from_client"`
 }
 
 // forwardManager manages inbound port forwards at run time.
