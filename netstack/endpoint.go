@@ -35,7 +35,7 @@ const (
 
 	// readBatchFrames bounds the frames taken per BatchReader.ReadFrames
 	// call (and so per GRO flush).
-	readBatchFrames = 64
+	readBatchFrames = 256
 )
 
 // linkCounters are the endpoint's own counters (atomics, read by Stats).

@@ -148,6 +148,7 @@ type Client struct {
 	rmu    sync.Mutex
 	cur    *rxBatch
 	curIdx int
+	lent   []*rxBatch // earlier batches whose frames ReadFrames lent
 
 	// Send queue: one growing batch (4-byte count placeholder + blocks)
 	// and a spare that the writer swaps in.
@@ -453,6 +454,7 @@ func backoffDelay(lo, hi time.Duration, attempt int, permanent bool, r float64) 
 func (c *Client) ReadFrame(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	c.releaseLentLocked()
 	f, err := c.nextFrameLocked()
 	if err != nil {
 		return 0, err
@@ -464,27 +466,54 @@ func (c *Client) ReadFrame(p []byte) (int, error) {
 }
 
 // ReadFrames blocks until a frame arrives, then lends up to len(frames)
-// frames that arrived together: frames[:n] point into the Client's receive
+// frames, all that are queued: frames[:n] point into the Client's receive
 // buffers and stay valid until the next ReadFrames or ReadFrame call. It
-// saves a copy and a call per frame over ReadFrame (netstack.BatchReader).
-// After Close it returns an error wrapping net.ErrClosed.
+// saves a copy and a call per frame over ReadFrame (netstack.BatchReader),
+// and when the consumer lags it gets the backlog at once (netstack
+// coalesces more segments per ACK). After Close it returns an error
+// wrapping net.ErrClosed.
 func (c *Client) ReadFrames(frames [][]byte) (int, error) {
 	if len(frames) == 0 {
 		return 0, nil
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	c.releaseLentLocked()
 	f, err := c.nextFrameLocked()
 	if err != nil {
 		return 0, err
 	}
 	frames[0] = f
 	n := 1
-	for ; n < len(frames) && c.curIdx < c.cur.n; n++ {
-		frames[n] = c.cur.frame(c.curIdx)
-		c.curIdx++
+	for n < len(frames) {
+		if c.curIdx < c.cur.n {
+			frames[n] = c.cur.frame(c.curIdx)
+			c.curIdx++
+			n++
+			continue
+		}
+		var next *rxBatch
+		select {
+		case next = <-c.in:
+		default:
+		}
+		if next == nil {
+			break
+		}
+		c.lent = append(c.lent, c.cur)
+		c.cur, c.curIdx = next, 0
 	}
 	return n, nil
+}
+
+// releaseLentLocked recycles the batches the previous ReadFrames lent
+// (other than c.cur). c.rmu is held.
+func (c *Client) releaseLentLocked() {
+	for i, b := range c.lent {
+		c.putBatch(b)
+		c.lent[i] = nil
+	}
+	c.lent = c.lent[:0]
 }
 
 // nextFrameLocked returns the next received frame, valid until the next

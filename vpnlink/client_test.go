@@ -778,12 +778,19 @@ func TestRecvBackpressure(t *testing.T) {
 		}
 		got := 0
 		lent := make([][]byte, 16)
+		maxLent := 0
 		for got < total {
 			if got%2 == 0 {
+				if got%4 == 0 {
+					lent = make([][]byte, 256) // more than a batch
+				} else {
+					lent = lent[:16]
+				}
 				n, err := a.ReadFrames(lent)
 				if err != nil || n < 1 || n > len(lent) {
 					t.Fatalf("ReadFrames: %d, %v", n, err)
 				}
+				maxLent = max(maxLent, n)
 				for _, f := range lent[:n] {
 					if want := frame(1, 9, got); !bytes.Equal(f, want) {
 						t.Fatalf("frame %d: %q, want %q", got, f, want)
@@ -797,6 +804,9 @@ func TestRecvBackpressure(t *testing.T) {
 				}
 				got++
 			}
+		}
+		if maxLent <= 64 {
+			t.Errorf("ReadFrames lent at most %d frames at once from a backlog of queued batches", maxLent)
 		}
 		if st := a.Status(); st.DropRxQueue != 0 || st.FramesIn != total {
 			t.Fatalf("after reading: %d dropped, %d received", st.DropRxQueue, st.FramesIn)
