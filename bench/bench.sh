@@ -63,6 +63,7 @@ BIN="$LAB_STATE/bin"
 TB="$BIN/tcpbench"
 HZ=$(getconf CLK_TCK)
 T_START=$SECONDS
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 say() { printf '[bench %3ds] %s\n' $((SECONDS - T_START)) "$*" | tee -a "$OUT/log.txt" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -208,7 +209,7 @@ meta() {
 	rec meta meta "$(printf '{"date":"%s","nproc":%s,"cpu":"%s","mem":"%s","kernel":"%s","go":"%s","server":"%s","os":"%s","commit":"%s","cascade":"%s","udp_accel":"%s","hub_logs":"%s","acrouter_flags":"%s","loadavg":"%s","iperf3":"%s"}' \
 		"$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$cpu" "$mem" "$(uname -r)" "$(go env GOVERSION)" "$srv" \
 		"$(. /etc/os-release && echo "$PRETTY_NAME")" "$commit" "$CASCADE_LABEL" "$TOPO_UDP_ACCEL" "$LAB_HUB_LOGS" \
-		"$BENCH_ACROUTER_FLAGS" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(iperf3 --version | head -1)")"
+		"$BENCH_ACROUTER_FLAGS" "$LOAD0 (after the Go micro-benchmarks and the build: $(cut -d' ' -f1-3 /proc/loadavg))" "$(iperf3 --version | head -1)")"
 }
 
 # ------------------------------------------------------------ workloads --
