@@ -51,6 +51,12 @@ var (
 	virtDst = netip.MustParseAddr("198.51.100.7")
 )
 
+var (
+	gcCycles      int
+	settle        time.Duration
+	goroutineFile string
+)
+
 type result struct {
 	Mode         string  `json:"mode"`
 	Seconds      float64 `json:"seconds,omitempty"`
@@ -72,11 +78,14 @@ func main() {
 	mode := flag.String("mode", "upload", "upload | download | cps (32 workers: connect, 1-byte echo, close) | idle")
 	seconds := flag.Duration("seconds", 5*time.Second, "duration (upload, download, cps)")
 	sessions := flag.Int("sessions", 4096, "sessions to hold (idle)")
+	flag.IntVar(&gcCycles, "gc", 3, "GC cycles before the memory figures")
+	flag.DurationVar(&settle, "settle", 3*time.Second, "idle time after the last session opened, before measuring (idle)")
 	cpuProf := flag.String("cpuprofile", "", "write a CPU profile of the workload here")
 	memProf := flag.String("memprofile", "", "write a heap profile at the end of the workload here")
 	verbose := flag.Bool("v", false, "log at debug level to stderr")
 	mutexProf := flag.String("mutexprofile", "", "write a mutex contention profile here")
 	blockProf := flag.String("blockprofile", "", "write a blocking profile (waits over 100 µs) here")
+	goProf := flag.String("goroutines", "", "write the goroutine stacks (grouped, debug=1) at the end of the workload here")
 	flag.Parse()
 	if *mutexProf != "" {
 		runtime.SetMutexProfileFraction(5)
@@ -86,6 +95,7 @@ func main() {
 		runtime.SetBlockProfileRate(int((100 * time.Microsecond).Nanoseconds()))
 		defer writeProfile("block", *blockProf)
 	}
+	goroutineFile = *goProf
 	res, err := run(*mode, *seconds, *sessions, *cpuProf, *memProf, *verbose)
 	if err != nil {
 		res.Error = err.Error()
@@ -371,11 +381,17 @@ func run(mode string, dur time.Duration, sessions int, cpuProf, memProf string, 
 			}
 		}
 		res.Sessions = len(conns)
+		// let idle-time policies (e.g. returning read buffers after a second
+		// without data) act before the memory is measured
+		time.Sleep(settle)
 	default:
 		return res, fmt.Errorf("unknown mode %q", mode)
 	}
-	runtime.GC()
-	runtime.GC() // a second cycle also empties sync.Pool victim caches: what stays is held
+	// a second cycle also empties sync.Pool victim caches (what stays is
+	// held), and the heap profile lags a cycle behind
+	for range max(gcCycles, 1) {
+		runtime.GC()
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	res.HeapInuseMB = float64(ms.HeapInuse) / (1 << 20)
@@ -386,6 +402,17 @@ func run(mode string, dur time.Duration, sessions int, cpuProf, memProf string, 
 		res.AllocMBPerGB = float64(ms.TotalAlloc-ms0.TotalAlloc) / (1 << 20) / (float64(res.Bytes) / (1 << 30))
 	}
 	res.RSSMB = rssMB()
+	if goroutineFile != "" {
+		f, err := os.Create(goroutineFile)
+		if err != nil {
+			return res, err
+		}
+		err = pprof.Lookup("goroutine").WriteTo(f, 1)
+		f.Close()
+		if err != nil {
+			return res, err
+		}
+	}
 	if memProf != "" {
 		f, err := os.Create(memProf)
 		if err != nil {
