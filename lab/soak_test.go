@@ -255,6 +255,9 @@ func TestSoak(t *testing.T) {
 	t.Logf("soak %v: %d operations, %d failed; RSS idle %.1f, warm %.1f, peak %.1f, end %.1f MiB; fds idle %d, end %d; threads idle %d, end %d; goroutines idle %.0f, end %.0f",
 		dur, end.ops, end.fails, float64(idle.rssKiB)/1024, float64(warm.rssKiB)/1024, float64(maxRSS)/1024, float64(end.rssKiB)/1024,
 		idle.fds, end.fds, idle.threads, end.threads, idle.goroutines, end.goroutines)
+	if len(failSamples) > 0 {
+		t.Logf("failed operations (first %d): %s", len(failSamples), strings.Join(failSamples, "; "))
+	}
 	if end.ops == 0 || float64(end.fails) > maxErrorRate*float64(end.ops) {
 		t.Errorf("%d of %d operations failed (bound %.1f%%): %s", end.fails, end.ops, 100*maxErrorRate, strings.Join(failSamples, "; "))
 	}
