@@ -432,7 +432,10 @@ func TestFaultsInterop(t *testing.T) {
 		if jerr := json.Unmarshal([]byte(out.String()), &res); jerr != nil || err != nil || res.Error != "" {
 			t.Fatalf("iperf3 across the outage: %v %v %q\n%s", err, jerr, res.Error, lastLines(out.String(), 5))
 		}
-		if res.End.SumReceived.Bytes <= 0 || res.End.SumReceived.Bytes != res.End.SumSent.Bytes {
+		// iperf3 ends by time: what was still in flight when it stopped
+		// is sent but not counted as received. The connection surviving
+		// (no iperf3 error) is what shows that nothing was lost.
+		if res.End.SumReceived.Bytes <= 0 || res.End.SumReceived.Bytes > res.End.SumSent.Bytes {
 			t.Fatalf("iperf3: sent %.0f, received %.0f bytes", res.End.SumSent.Bytes, res.End.SumReceived.Bytes)
 		}
 		t.Logf("iperf3 across the outage completed: %.1f MB, %.0f Mbit/s average, %d retransmits; %d NAT flows kept",
