@@ -137,6 +137,34 @@ func (a *acrProc) hangReport() string {
 	return strings.Join(keep, "\n\n")
 }
 
+// goroutineDump ends acrouter with SIGQUIT (the Go runtime writes every
+// goroutine's stack to the log) and returns how many goroutines it had.
+func (a *acrProc) goroutineDump() (int, error) {
+	a.killed = true
+	if err := a.proc.Cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		return 0, err
+	}
+	select {
+	case <-a.proc.Done():
+	case <-time.After(10 * time.Second):
+		a.proc.Cmd.Process.Kill()
+		<-a.proc.Done()
+		return 0, fmt.Errorf("%s did not exit on SIGQUIT", a.name)
+	}
+	log := a.proc.Log()
+	i := strings.Index(log, "SIGQUIT")
+	if i < 0 {
+		return 0, fmt.Errorf("%s: no SIGQUIT dump in the log: %s", a.name, lastLines(log, 5))
+	}
+	n := 0
+	for line := range strings.Lines(log[i:]) {
+		if strings.HasPrefix(line, "goroutine ") && strings.Contains(line, " [") {
+			n++
+		}
+	}
+	return n, nil
+}
+
 func (a *acrProc) pid() int { return a.proc.Cmd.Process.Pid }
 
 // kill SIGKILLs acrouter and waits for it to be gone.

@@ -41,8 +41,19 @@ func TestSoak(t *testing.T) {
 		maxErrorRate   = 1e-3 // failed operations / operations
 	)
 	ctx := testCtx(t, dur+5*time.Minute)
-	a := launchAcrouter(t, ctx, "acrouter-soak", "127.0.0.1:8771", "",
-		"--udp-idle-timeout", "20s", "--dns-idle-timeout", "5s", "--nat-log=false")
+	args := []string{"--udp-idle-timeout", "20s", "--dns-idle-timeout", "5s", "--nat-log=false"}
+	// Baseline goroutines: an identical acrouter, joined and idle after the
+	// client's DHCP, dumps its goroutines (SIGQUIT); the soak's acrouter
+	// then starts on the same state directory and dumps its own at the end.
+	base := launchAcrouter(t, ctx, "acrouter-soak", "127.0.0.1:8771", "", args...)
+	if _, err := lab.DHCP(ctx, "clab"); err != nil {
+		t.Fatal(err)
+	}
+	baseG, err := base.goroutineDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := launchAcrouter(t, ctx, "acrouter-soak", "127.0.0.1:8771", "", args...)
 	if _, err := lab.DHCP(ctx, "clab"); err != nil {
 		t.Fatal(err)
 	}
@@ -72,13 +83,12 @@ func TestSoak(t *testing.T) {
 		s.threads = int(th)
 		s.fds, _ = countFDs(pid)
 		m := a.metrics(t, ctx)
-		s.goroutines = m["go_goroutines"]
 		s.flows = int(m[`acrouter_flows_open{proto="tcp"}`] + m[`acrouter_flows_open{proto="udp"}`] + m[`acrouter_flows_open{proto="icmp"}`])
 		return s
 	}
 	logS := func(s sample) {
-		t.Logf("t=%v rss=%.1fMiB fds=%d threads=%d goroutines=%.0f flows=%d ops=%d fails=%d",
-			s.at, float64(s.rssKiB)/1024, s.fds, s.threads, s.goroutines, s.flows, s.ops, s.fails)
+		t.Logf("t=%v rss=%.1fMiB fds=%d threads=%d flows=%d ops=%d fails=%d",
+			s.at, float64(s.rssKiB)/1024, s.fds, s.threads, s.flows, s.ops, s.fails)
 	}
 	t0 := time.Now()
 	idle := take(t0)
@@ -236,7 +246,7 @@ func TestSoak(t *testing.T) {
 	wg.Wait()
 	// Let the flows close (UDP idle timeout 20 s, TCP closed by the clients).
 	var end sample
-	err := waitFor(ctx, "flows closed", func() bool {
+	err = waitFor(ctx, "flows closed", func() bool {
 		end = take(t0)
 		return end.flows == 0
 	})
@@ -252,9 +262,9 @@ func TestSoak(t *testing.T) {
 	for _, s := range samples {
 		maxRSS = max(maxRSS, s.rssKiB)
 	}
-	t.Logf("soak %v: %d operations, %d failed; RSS idle %.1f, warm %.1f, peak %.1f, end %.1f MiB; fds idle %d, end %d; threads idle %d, end %d; goroutines idle %.0f, end %.0f",
+	t.Logf("soak %v: %d operations, %d failed; RSS idle %.1f, warm %.1f, peak %.1f, end %.1f MiB; fds idle %d, end %d; threads idle %d, end %d",
 		dur, end.ops, end.fails, float64(idle.rssKiB)/1024, float64(warm.rssKiB)/1024, float64(maxRSS)/1024, float64(end.rssKiB)/1024,
-		idle.fds, end.fds, idle.threads, end.threads, idle.goroutines, end.goroutines)
+		idle.fds, end.fds, idle.threads, end.threads)
 	if len(failSamples) > 0 {
 		t.Logf("failed operations (first %d): %s", len(failSamples), strings.Join(failSamples, "; "))
 	}
@@ -270,9 +280,12 @@ func TestSoak(t *testing.T) {
 	if end.threads > idle.threads+threadGrowth {
 		t.Errorf("threads %d → %d (bound +%d)", idle.threads, end.threads, threadGrowth)
 	}
-	if idle.goroutines > 0 && end.goroutines > idle.goroutines+goroutineSlack {
-		t.Errorf("goroutines %.0f → %.0f after the flows closed (bound +%d)", idle.goroutines, end.goroutines, goroutineSlack)
-	} else if idle.goroutines == 0 {
-		t.Logf("note: /metrics exports no go_goroutines; goroutine growth is bounded through threads and RSS only")
+	endG, err := a.goroutineDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("goroutines (SIGQUIT dumps): idle after start %d, after the soak with its flows closed %d", baseG, endG)
+	if endG > baseG+goroutineSlack {
+		t.Errorf("goroutines %d → %d after the flows closed (bound +%d): a leak", baseG, endG, goroutineSlack)
 	}
 }
