@@ -71,7 +71,7 @@ func (r *Router) startAlias() error {
 	if !pfx.Contains(a) {
 		// Off-subnet: clients send to it through their default gateway
 		// (the router); no ARP needed.
-		r.log.Warn("router: host-loopback alias enabled: hub clients reach the host's 127.0.0.1 through it (restrict it with the ACL)", "alias", a.String())
+		r.log.Info("router: host-loopback alias enabled: hub clients reach the host's 127.0.0.1 through it (restrict it with the ACL)", "alias", a.String())
 		return nil
 	}
 	switch {
@@ -83,6 +83,6 @@ func (r *Router) startAlias() error {
 	if err := r.st.AddProxyARP(a); err != nil {
 		return fmt.Errorf("router: LoopbackAlias: %w", err)
 	}
-	r.log.Warn("router: host-loopback alias enabled: hub clients reach the host's 127.0.0.1 through it (restrict it with the ACL); keep it out of the DHCP pool", "alias", a.String())
+	r.log.Info("router: host-loopback alias enabled: hub clients reach the host's 127.0.0.1 through it (restrict it with the ACL); keep it out of the DHCP pool", "alias", a.String())
 	return nil
 }

@@ -265,7 +265,7 @@ func (r *Router) AddForward(pf PortForward) error {
 			r.serveUDPForward(rule)
 		}
 	}()
-	r.log.Info("port forward added", "rule", pf.String(), "bound", rule.bound.String())
+	r.log.Debug("port forward added", "rule", pf.String(), "bound", rule.bound.String())
 	return nil
 }
 
@@ -296,7 +296,7 @@ func (r *Router) RemoveForward(pf PortForward) error {
 	x.mu.Unlock()
 	rule.stop()
 	rule.wg.Wait()
-	r.log.Info("port forward removed", "rule", rule.pf.String())
+	r.log.Debug("port forward removed", "rule", rule.pf.String())
 	return nil
 }
 
