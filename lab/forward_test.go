@@ -5,6 +5,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -107,7 +108,38 @@ reservations = ["%s=%s"]
 	}()
 	t.Cleanup(func() { pc.Close(); <-udpDone })
 
-	r := startAcrouter(t, ctx, "acrouter-forward", "--config", cfg)
+	const token = "lab-forward-token-7c2e"
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	uid, gid, err := unprivIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(tokenFile, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	r := startAcrouter(t, ctx, "acrouter-forward", "--config", cfg, "--status-token-file", tokenFile)
+	// api calls the status API inside the router namespace; it returns the
+	// HTTP status code and the body.
+	api := func(method, path, tok, body string) (string, string) {
+		t.Helper()
+		args := []string{"curl", "-sS", "-m", "10", "-X", method, "-w", "\n%{http_code}"}
+		if tok != "" {
+			args = append(args, "-H", "Authorization: Bearer "+tok)
+		}
+		if body != "" {
+			args = append(args, "-H", "Content-Type: application/json", "-d", body)
+		}
+		out, err := lab.Exec(ctx, lab.NSRtr, append(args, r.statusURL+path)...)
+		if err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, out)
+		}
+		out = strings.TrimRight(out, "\n")
+		i := strings.LastIndexByte(out, '\n')
+		return out[i+1:], out[:max(i, 0)]
+	}
 	lease, err := lab.DHCP(ctx, "clab")
 	if err != nil {
 		t.Fatalf("DHCP: %v\n%s", err, lastLines(r.proc.Log(), 10))
@@ -211,12 +243,55 @@ reservations = ["%s=%s"]
 		}
 	})
 
+	t.Run("RuntimeAddRemove", func(t *testing.T) {
+		rule := fmt.Sprintf("tcp 0.0.0.0:18023 -> %s:%d", clientIP, svcTCP)
+		body := fmt.Sprintf(`{"rule": %q}`, rule)
+		if code, out := api("POST", "/forwards", "", body); code != "401" {
+			t.Fatalf("POST /forwards without the token: %s %s", code, out)
+		}
+		if code, out := api("POST", "/forwards", token, body); code != "200" || !strings.Contains(out, "18023") {
+			t.Fatalf("POST /forwards: %s %s", code, out)
+		}
+		dial := DialInNS(lab.NSLAN)
+		addr := routerLAN + ":18023"
+		c, err := dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatalf("connect to the forward added at run time: %v", err)
+		}
+		c.Write([]byte("runtime"))
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != "runtime" {
+			t.Fatalf("echo through the runtime forward: %q %v", got, err)
+		}
+		if code, out := api("DELETE", "/forwards", token, body); code != "200" || strings.Contains(out, "18023") {
+			t.Fatalf("DELETE /forwards: %s %s", code, out)
+		}
+		if c, err := dial(ctx, "tcp", addr); err == nil {
+			c.Close()
+			t.Fatal("the removed forward still accepts connections")
+		} else if !strings.Contains(err.Error(), "refused") {
+			t.Errorf("connect after DELETE: %v; want connection refused", err)
+		}
+		if code, out := api("DELETE", "/forwards", token, body); code == "200" || !strings.Contains(out, "no such forward") {
+			t.Errorf("second DELETE: %s %s", code, out)
+		}
+	})
+
 	t.Run("StatusForwards", func(t *testing.T) {
 		var fw []struct {
 			Rule        string `json:"rule"`
 			Connections uint64 `json:"connections"`
 		}
-		r.statusJSON(t, ctx, "/forwards", &fw)
+		code, out := api("GET", "/forwards", token, "")
+		if code != "200" {
+			t.Fatalf("GET /forwards: %s %s", code, out)
+		}
+		if err := json.Unmarshal([]byte(out), &fw); err != nil {
+			t.Fatalf("GET /forwards: %v: %s", err, out)
+		}
 		want := map[string]bool{
 			fmt.Sprintf("tcp 0.0.0.0:%d -> %s:%d", fwdTCP, clientIP, svcTCP): false,
 			fmt.Sprintf("udp 0.0.0.0:%d -> %s:%d", fwdUDP, clientIP, svcUDP): false,
