@@ -126,7 +126,7 @@ type Stats struct {
 	FramesIn, BytesIn   uint64 // frames read from the Link and accepted
 	FramesOut, BytesOut uint64 // frames handed to Link.WriteFrames
 	DropTooBig          uint64 // inbound frames longer than MTU + Ethernet header
-	DropMalformed       uint64 // inbound frames too short or with a bad header
+	DropMalformed       uint64 // inbound frames too short, with a bad header or a bad IPv4/TCP/UDP/ICMP checksum
 	DropNotForUs        uint64 // unicast frames to another host's MAC
 	DropOwnSource       uint64 // inbound frames claiming our MAC as source
 	DropOtherProtocol   uint64 // inbound EtherTypes other than IPv4 and ARP
