@@ -32,8 +32,12 @@
 // # Lifecycle and ownership
 //
 // New starts two goroutines: one reads frames from the Link and injects
-// them, one writes queued frames to the Link in batches (a sender that finds
-// the queue full flushes a batch itself: backpressure, not drops). The
+// them (a Link that implements BatchReader hands over whole bursts; the
+// stack verifies checksums and coalesces each burst's TCP segments with
+// gVisor's GRO), one writes queued frames to the Link in batches. A sender
+// that finds no other sender writing hands its frames to the Link itself,
+// and one that finds the queue full flushes a batch itself (backpressure,
+// not drops). The
 // caller created the Link; Stack.Close stops the stack (no frame is written
 // after it returns), then closes the Link if it implements io.Closer and
 // waits for the read goroutine. A Link without Close must be closed by its
@@ -44,6 +48,7 @@
 //
 // No IPv6 (frames are dropped), no IP forwarding or NAT policy (that is the
 // router package: which flows to accept, dialing, limits, timeouts), no DHCP
-// or DNS protocol logic (it only provides their sockets), no GSO/GRO (the
-// hub carries 1500-byte frames).
+// or DNS protocol logic (it only provides their sockets). The hub carries
+// MTU-sized frames: GRO and GSO only shape what gVisor's TCP works with
+// (see PERF.md).
 package netstack
