@@ -402,13 +402,49 @@ func (a *app) reload(level *slog.LevelVar) {
 	}
 	level.Set(slog.Level(set.LogLevel))
 	a.router.SetRules(rules, cfg.Router.NoDefaultDeny)
-	a.log.Info("configuration reloaded", "log_level", cfg.Log.Level, "rules", len(rules), "no_default_deny", cfg.Router.NoDefaultDeny)
+	a.reloadForwards(set.Forwards)
+	a.log.Info("configuration reloaded", "log_level", cfg.Log.Level, "rules", len(rules), "no_default_deny", cfg.Router.NoDefaultDeny,
+		"forwards", len(set.Forwards))
 	old := a.cfg
-	old.Log.Level, old.Router.Rules, old.Router.NoDefaultDeny = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny
+	old.Log.Level, old.Router.Rules, old.Router.NoDefaultDeny, old.Router.Forwards = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny, cfg.Router.Forwards
 	if !reflect.DeepEqual(old, cfg) {
-		a.log.Warn("the reloaded configuration changes settings that only take effect after a restart; only log.level and router.rules were applied")
+		a.log.Warn("the reloaded configuration changes settings that only take effect after a restart; only log.level, router.rules and router.forwards were applied")
 	}
-	a.cfg.Log.Level, a.cfg.Router.Rules, a.cfg.Router.NoDefaultDeny = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny
+	a.cfg.Log.Level, a.cfg.Router.Rules, a.cfg.Router.NoDefaultDeny, a.cfg.Router.Forwards = cfg.Log.Level, cfg.Router.Rules, cfg.Router.NoDefaultDeny, cfg.Router.Forwards
+}
+
+// reloadForwards makes the configured forwards the wanted ones: forwards of
+// the old configuration that are gone are removed, new ones added. Forwards
+// added through the status API are left alone unless the file names them.
+func (a *app) reloadForwards(want []router.PortForward) {
+	wanted := map[string]router.PortForward{}
+	for _, pf := range want {
+		wanted[pf.String()] = pf
+	}
+	for _, old := range a.set.Forwards {
+		if _, keep := wanted[old.String()]; !keep {
+			if err := a.router.RemoveForward(old); err != nil {
+				a.log.Warn("reload: removing a port forward", "rule", old.String(), "err", err)
+			} else {
+				a.log.Info("reload: port forward removed", "rule", old.String())
+			}
+		}
+	}
+	have := map[string]bool{}
+	for _, f := range a.router.Forwards() {
+		have[f.Rule.String()] = true
+	}
+	for key, pf := range wanted {
+		if have[key] {
+			continue
+		}
+		if err := a.router.AddForward(pf); err != nil {
+			a.log.Warn("reload: adding a port forward", "rule", key, "err", err)
+		} else {
+			a.log.Info("reload: port forward added", "rule", key)
+		}
+	}
+	a.set.Forwards = want
 }
 
 // close stops everything in dependency order: services, router, virtual

@@ -326,3 +326,51 @@ func TestPortForwardThroughStatusAPI(t *testing.T) {
 		t.Fatal("the forward still listens after DELETE")
 	}
 }
+
+func TestReloadAppliesForwards(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "acrouter.toml")
+	free := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	p1, p2 := free(), free()
+	write := func(rules ...string) {
+		t.Helper()
+		q := make([]string, len(rules))
+		for i, r := range rules {
+			q[i] = `"` + r + `"`
+		}
+		if err := os.WriteFile(conf, []byte("[router]\nforwards = ["+strings.Join(q, ",")+"]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1 := "tcp " + p1 + " -> 192.168.30.50:2222"
+	r2 := "tcp " + p2 + " -> 192.168.30.50:2222"
+	write(r1)
+	a, _, _ := testApp(t, "--config", conf)
+	rules := func() []string {
+		var out []string
+		for _, f := range a.router.Forwards() {
+			out = append(out, f.Rule.String())
+		}
+		return out
+	}
+	if got := rules(); len(got) != 1 || got[0] != r1 {
+		t.Fatalf("at start: %q", got)
+	}
+	write(r2)
+	var level slog.LevelVar
+	a.reload(&level)
+	if got := rules(); len(got) != 1 || got[0] != r2 {
+		t.Fatalf("after the reload: %q, want only %q", got, r2)
+	}
+	if c, err := net.DialTimeout("tcp", p1, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the removed forward still listens")
+	}
+}

@@ -551,6 +551,17 @@ func (c *config) validate(needHub bool) (settings, error) {
 		s.Reservations[mac.String()] = ip
 	}
 
+	if a := s.LoopbackAlias; a.IsValid() && c.DHCP.Enabled {
+		if s.PoolStart.IsValid() && s.PoolEnd.IsValid() && !a.Less(s.PoolStart) && !s.PoolEnd.Less(a) {
+			bad("router.loopback_alias (--loopback-alias)", a, fmt.Sprintf("an address outside the DHCP pool %v-%v (a client would get it as its own address)", s.PoolStart, s.PoolEnd))
+		}
+		for mac, ip := range s.Reservations {
+			if ip == a {
+				bad("router.loopback_alias (--loopback-alias)", a, "an address not reserved for a client (dhcp.reservations gives it to "+mac+")")
+			}
+		}
+	}
+
 	// DNS.
 	for _, v := range c.DNS.Upstreams {
 		if _, err := netip.ParseAddrPort(v); err != nil {
