@@ -56,5 +56,17 @@ interop:
 demo: build
 	bash lab/demo.sh
 
+# Performance against SoftEther's SecureNAT (and a VPN Bridge cascade, and a
+# plain veth) on the same real server, in one run; writes bench/RESULTS.md.
+# Needs root; about 10 minutes.
+bench: build
+	bash bench/bench.sh
+
+# A bounded 10-minute run of mixed traffic through the real server, checking
+# goroutines, memory and file descriptors do not grow. Needs root.
+soak:
+	bash lab/lab.sh install
+	$(GO) test -tags 'interop soak' -count=1 -v -run TestSoak -timeout 20m ./lab/
+
 clean:
 	rm -rf bin
