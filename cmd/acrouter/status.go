@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -117,7 +118,9 @@ var statusPage []byte
 // are refused.
 func newStatusHandler(src statusSource, token string) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(sampleCollector{src.Metrics})
+	reg.MustRegister(sampleCollector{src.Metrics},
+		collectors.NewGoCollector(), // go_goroutines, memory: for soak checks and operators
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})) // RSS, open fds, CPU
 	mux := http.NewServeMux()
 	writeJSON := func(w http.ResponseWriter, v any) {
 		w.Header().Set("Content-Type", "application/json")

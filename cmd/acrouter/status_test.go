@@ -80,7 +80,8 @@ func TestStatusAPI(t *testing.T) {
 		t.Fatalf("/sessions: %d %s", code, body)
 	}
 	code, body = httpGet(t, "http://"+addr+"/metrics", "")
-	if code != 200 || !strings.Contains(body, `acrouter_flows_refused_total{reason="acl"} 3`) || !strings.Contains(body, "# TYPE acrouter_flows_open gauge") {
+	if code != 200 || !strings.Contains(body, `acrouter_flows_refused_total{reason="acl"} 3`) || !strings.Contains(body, "# TYPE acrouter_flows_open gauge") ||
+		!strings.Contains(body, "go_goroutines ") || !strings.Contains(body, "process_open_fds ") {
 		t.Fatalf("/metrics: %d %s", code, body)
 	}
 	code, body = httpGet(t, "http://"+addr+"/", "")
