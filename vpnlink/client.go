@@ -161,7 +161,6 @@ type Client struct {
 	st             Status
 	changed        chan struct{} // closed and replaced on every state change
 	sessionKey     []byte
-	resumeBroken   bool // the server accepted a resume and then dropped it
 	reconnectDelay func(attempt int, err error) time.Duration
 }
 
@@ -280,12 +279,14 @@ func (c *Client) run(l *link) {
 			// additional_connect for a session whose socket died and then
 			// closes the new socket at once (stale OpenSSL error queue in the
 			// session thread; fixed upstream by commits b2ec1bd5, 98852b77).
-			// The session is unusable: log in again.
-			c.log.Warn("vpnlink: the server accepted the session resume but closed the connection at once; " +
-				"this server cannot resume sessions (SoftEther before 5.02.5185 with OpenSSL 3), logging in to new sessions from now on")
+			// That session is unusable: log in again. The verdict is for
+			// this session only: the same server does resume a session
+			// whose connection was cut and re-opened at once (lab faults
+			// test), and a failed resume costs one round trip.
+			c.log.Warn("vpnlink: the server accepted the session resume but closed the connection at once " +
+				"(SoftEther before 5.02.5185 with OpenSSL 3 does that after a longer outage); logging in to a new session")
 			c.mu.Lock()
 			c.sessionKey = nil
-			c.resumeBroken = true
 			c.mu.Unlock()
 		}
 		wait := time.Duration(0)
@@ -369,9 +370,6 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 		}
 		c.mu.Lock()
 		key := c.sessionKey
-		if c.resumeBroken {
-			key, c.sessionKey = nil, nil
-		}
 		c.mu.Unlock()
 		var err error
 		if key != nil && (attempt == 0 || time.Since(lostAt) < timeout) {
@@ -387,7 +385,7 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 				continue // log in at once
 			}
 		} else {
-			if key != nil && !c.resumeBrokenNow() {
+			if key != nil {
 				c.log.Info("vpnlink: session hold time passed, logging in again")
 				c.mu.Lock()
 				c.sessionKey = nil
@@ -418,12 +416,6 @@ func (c *Client) reconnect(lostAt time.Time, timeout, wait time.Duration) *link 
 			return nil
 		}
 	}
-}
-
-func (c *Client) resumeBrokenNow() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.resumeBroken
 }
 
 // backoff returns the wait before retry number attempt+1: MinBackoff·2^attempt
