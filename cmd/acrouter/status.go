@@ -119,7 +119,7 @@ var statusPage []byte
 func newStatusHandler(src statusSource, token string) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(sampleCollector{src.Metrics},
-		collectors.NewGoCollector(), // go_goroutines, memory: for soak checks and operators
+		collectors.NewGoCollector(),                                       // go_goroutines, memory: for soak checks and operators
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})) // RSS, open fds, CPU
 	mux := http.NewServeMux()
 	writeJSON := func(w http.ResponseWriter, v any) {
