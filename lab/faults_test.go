@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/acrouter/acrouter/vpnlink"
 	"io"
 	"net/http"
 	"os"
@@ -222,6 +223,8 @@ type acrStatus struct {
 		Resumes     uint64 `json:"resumes"`
 		CertSHA256  string `json:"cert_sha256"`
 		LastError   string `json:"last_error"`
+		Version     int    `json:"server_version"`
+		Build       int    `json:"server_build"`
 	} `json:"hub"`
 	Router struct {
 		MAC       string `json:"mac"`
@@ -483,8 +486,14 @@ func TestFaultsInterop(t *testing.T) {
 	t.Logf("client lease %s", ip)
 
 	// An immediate drop (the client sees the RST at once) first: the
-	// session must be resumed. Then a 5 s cut.
-	t.Run("HubDropDuringIperf", func(t *testing.T) { outageDuringIperf(t, ctx, a, 0, true) })
+	// session must be resumed where the server can resume at all; Debian's
+	// 5.01 build with OpenSSL 3 sometimes closes even an immediate resume
+	// (seen in 1 of 3 full runs), so there either outcome of
+	// outageDuringIperf is accepted. Then a 5 s cut.
+	st := a.st(t, ctx)
+	canResume, why := serverCanResume(t, vpnlink.Status{ServerVersion: st.Hub.Version, ServerBuild: st.Hub.Build})
+	t.Logf("server can resume sessions: %v (%s)", canResume, why)
+	t.Run("HubDropDuringIperf", func(t *testing.T) { outageDuringIperf(t, ctx, a, 0, canResume) })
 	t.Run("HubOutage5sDuringIperf", func(t *testing.T) { outageDuringIperf(t, ctx, a, 5*time.Second, false) })
 
 	t.Run("ServerRestart", func(t *testing.T) {
