@@ -260,7 +260,8 @@ func (r *packReader) bytes(n uint32) ([]byte, bool) {
 }
 
 // ParsePack parses a serialized PACK. Byte values alias b. Like ReadPack in
-// src/Mayaqua/Pack.c it rejects a zero name length, an element without
+// src/Mayaqua/Pack.c it rejects a zero name length (and, stricter, an empty
+// name), an element without
 // values, duplicate names (case-insensitive), counts over the limits and
 // truncated input; names longer than 63 bytes are truncated; bytes after the
 // PACK are ignored. Memory use is bounded by len(b).
@@ -284,6 +285,12 @@ func ParsePack(b []byte) (*Pack, error) {
 		}
 		if l == 0 {
 			return nil, fmt.Errorf("%w: element %d: zero name length", ErrBadPack, i)
+		}
+		if l == 1 {
+			// An empty name (length field 1, no bytes). SoftEther never
+			// writes one, and Marshal refuses it; reject it here too so
+			// that every parsed PACK can be written back (FuzzReadPack).
+			return nil, fmt.Errorf("%w: element %d: empty name", ErrBadPack, i)
 		}
 		name, ok := r.bytes(l - 1)
 		if !ok {
