@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"flag"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -237,55 +235,7 @@ type abuseRig struct {
 
 func newAbuseRig(tb testing.TB) *abuseRig {
 	tb.Helper()
-	hub, err := vpnlinktest.NewHub(vpnlinktest.Config{HubName: "LAB", Users: []vpnlinktest.User{{Name: "router", Password: "router-pass"}},
-		QueueFrames: 1 << 14})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { hub.Close() })
-	dir := tb.TempDir()
-	fs := flag.NewFlagSet("acrouter", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	cfg, err := parseArgs(fs, []string{"--server", "hub.test:5555", "--hub", "LAB", "--user", "router",
-		"--state-dir", dir, "--server-cert-sha256", hub.CertSHA256(),
-		"--dns-upstream", "127.0.0.1:1", "--dns-host", "www.lab.test=10.77.0.1", "--nat-log=false"})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	set, err := cfg.validate(true)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	state, err := openStateDir(cfg.StateDir)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	mac, err := state.routerMAC()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	log := slog.New(slog.DiscardHandler)
-	lc := linkConfig(cfg, state, "router-pass", log)
-	lc.Dial = hub.Dial
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	lanDial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		ap, err := netip.ParseAddrPort(addr)
-		if err == nil && lanNet.Contains(ap.Addr()) {
-			addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
-	a, err := startApp(ctx, cfg, set, lc, state, mac, log, lanDial)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := a.close(); err != nil {
-			tb.Errorf("close: %v", err)
-		}
-	})
+	a, hub := startTestRouter(tb, 1<<14, "--nat-log=false")
 	host, err := netstacktest.NewHost(hub.Attach(), net.HardwareAddr{2, 0xac, 0, 0, 0, 0x50},
 		netip.PrefixFrom(clientIP, 24), routerIP)
 	if err != nil {

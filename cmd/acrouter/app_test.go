@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -31,43 +32,47 @@ func lanAddr(t *testing.T, ln net.Listener) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("10.99.0.1"), ap.Port())
 }
 
-// testApp runs the whole router (vpnlink → netstack → router, DHCP, DNS) on
-// an in-memory hub and puts a client host on the same hub.
-func testApp(t *testing.T, extraArgs ...string) (*app, *netstacktest.Host, *vpnlinktest.Hub) {
-	t.Helper()
-	hub, err := vpnlinktest.NewHub(vpnlinktest.Config{HubName: "LAB", Users: []vpnlinktest.User{{Name: "router", Password: "router-pass"}}})
+// startTestRouter runs the whole router (vpnlink → netstack → router, DHCP,
+// DNS) on a new in-memory hub. hubQueue sets the hub's per-port queue (0: its
+// default). Flows to lanNet are dialled on 127.0.0.1.
+func startTestRouter(tb testing.TB, hubQueue int, extraArgs ...string) (*app, *vpnlinktest.Hub) {
+	tb.Helper()
+	hub, err := vpnlinktest.NewHub(vpnlinktest.Config{HubName: "LAB", Users: []vpnlinktest.User{{Name: "router", Password: "router-pass"}},
+		QueueFrames: hubQueue})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { hub.Close() })
+	tb.Cleanup(func() { hub.Close() })
 
 	args := append([]string{"--server", "hub.test:5555", "--hub", "LAB", "--user", "router",
-		"--state-dir", t.TempDir(), "--server-cert-sha256", hub.CertSHA256(),
+		"--state-dir", tb.TempDir(), "--server-cert-sha256", hub.CertSHA256(),
 		"--dns-upstream", "127.0.0.1:1", "--dns-host", "www.lab.test=10.77.0.1"}, extraArgs...)
-	cfg, err := parseForTest(t, "", args...)
+	fs := flag.NewFlagSet("acrouter", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg, err := parseArgs(fs, args)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	set, err := cfg.validate(true)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	state, err := openStateDir(cfg.StateDir)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	mac, err := state.routerMAC()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
 	lc := linkConfig(cfg, state, "router-pass", log)
 	lc.Dial = hub.Dial
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	// The "LAN" is the test host's loopback: flows to 10.99.0.0/16 are
-	// dialled on 127.0.0.1 with the same port (gVisor will not route
-	// 127.0.0.0/8 from a client, rightly).
+	// The "LAN" is the test host's loopback: flows to lanNet are dialled
+	// on 127.0.0.1 with the same port (gVisor will not route 127.0.0.0/8
+	// from a client, rightly).
 	lanDial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		ap, err := netip.ParseAddrPort(addr)
 		if err == nil && lanNet.Contains(ap.Addr()) {
@@ -78,15 +83,22 @@ func testApp(t *testing.T, extraArgs ...string) (*app, *netstacktest.Host, *vpnl
 	}
 	a, err := startApp(ctx, cfg, set, lc, state, mac, log, lanDial)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	a.argv = args
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		if err := a.close(); err != nil {
-			t.Errorf("close: %v", err)
+			tb.Errorf("close: %v", err)
 		}
 	})
+	return a, hub
+}
 
+// testApp runs the whole router on an in-memory hub and puts a client host
+// (192.168.30.50) on the same hub.
+func testApp(t *testing.T, extraArgs ...string) (*app, *netstacktest.Host, *vpnlinktest.Hub) {
+	t.Helper()
+	a, hub := startTestRouter(t, 0, extraArgs...)
 	host, err := netstacktest.NewHost(hub.Attach(), net.HardwareAddr{2, 0xac, 0, 0, 0, 0x50},
 		netip.MustParsePrefix("192.168.30.50/24"), netip.MustParseAddr("192.168.30.1"))
 	if err != nil {
