@@ -92,6 +92,8 @@ type linkEndpoint struct {
 	readerDone chan struct{}
 	closeOnce  sync.Once
 	stopped    atomic.Bool // set by Close: readLoop stops delivering
+
+	def defender // announcements when our MAC or address is claimed
 }
 
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
@@ -662,6 +664,7 @@ func (e *linkEndpoint) accept(frame []byte) (tcpip.NetworkProtocolNumber, tcpip.
 	src := eth.SourceAddress()
 	if src == e.mac {
 		e.ctr.dropOwnSource.Add(1)
+		e.defend("a frame with the router's MAC as source", net.HardwareAddr(src))
 		return 0, 0, false
 	}
 	if src[0]&1 != 0 { // group bit set: not a valid source address
@@ -724,7 +727,7 @@ func (e *linkEndpoint) filterARP(p []byte) bool {
 	}
 	if tcpip.AddrFrom4Slice(a.ProtocolAddressSender()) == e.addr {
 		e.ctr.dropARPConflict.Add(1)
-		e.log.Debug("netstack: ARP claims the router address", "mac", net.HardwareAddr(a.HardwareAddressSender()).String())
+		e.defend("an ARP packet claiming the router's address", net.HardwareAddr(a.HardwareAddressSender()))
 		return false
 	}
 	switch a.Op() {
