@@ -466,22 +466,11 @@ func (rule *fwdRule) ended(f *flow) {
 // the per-client caps apply to the hub client and BytesIn is peer→client.
 func (r *Router) newInboundFlow(rule *fwdRule, peer netip.AddrPort) *flow {
 	p := rule.pf.Proto
-	f := &flow{proto: p, client: rule.pf.To, dest: peer, created: time.Now(), evictable: p != ProtoTCP, inbound: true}
-	f.ctx, f.cancel = context.WithCancelCause(r.ctx)
-	now := r.now()
-	f.last.Store(now)
-	evicted, why, ok := r.table.add(f, now)
-	for _, v := range evicted {
-		r.evicted.Add(1)
-		v.shutdown(reasonEvicted)
-	}
+	f, _, ok := r.admitFlow(&flow{proto: p, client: rule.pf.To, dest: peer, evictable: p != ProtoTCP, inbound: true})
 	if !ok {
-		f.cancel(nil)
 		rule.refused.Add(1)
-		r.refuse(why, p, rule.pf.To, peer, nil)
 		return nil
 	}
-	r.created[p].Add(1)
 	if !rule.admit(f) {
 		r.discard(f)
 		return nil

@@ -167,13 +167,14 @@ const (
 // newFlow creates a flow and admits it to the table. On refusal it counts
 // and logs the refusal and returns nil.
 func (r *Router) newFlow(p Proto, client, dest netip.AddrPort) (*flow, Refusal, bool) {
-	f := &flow{
-		proto:     p,
-		client:    client,
-		dest:      dest,
-		created:   time.Now(),
-		evictable: p != ProtoTCP,
-	}
+	return r.admitFlow(&flow{proto: p, client: client, dest: dest, evictable: p != ProtoTCP})
+}
+
+// admitFlow gives f its context and times and admits it to the table,
+// shutting down the flows evicted to make room. On refusal it counts and
+// logs the refusal and returns nil.
+func (r *Router) admitFlow(f *flow) (*flow, Refusal, bool) {
+	f.created = time.Now()
 	f.ctx, f.cancel = context.WithCancelCause(r.ctx)
 	now := r.now()
 	f.last.Store(now)
@@ -184,10 +185,10 @@ func (r *Router) newFlow(p Proto, client, dest netip.AddrPort) (*flow, Refusal, 
 	}
 	if !ok {
 		f.cancel(nil)
-		r.refuse(why, p, client, dest, nil)
+		r.refuse(why, f.proto, f.client, f.dest, nil)
 		return nil, why, false
 	}
-	r.created[p].Add(1)
+	r.created[f.proto].Add(1)
 	return f, 0, true
 }
 
