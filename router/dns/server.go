@@ -228,15 +228,8 @@ func (s *Server) serveUDP() {
 	for {
 		n, peer, err := s.udp.ReadFrom(buf)
 		if err != nil {
-			if s.isClosed() || errors.Is(err, net.ErrClosed) {
+			if !s.backOff("read", "dns: UDP read error", err, &backoff) {
 				return
-			}
-			s.warn("read", "dns: UDP read error", "err", err)
-			backoff = min(max(2*backoff, time.Millisecond), time.Second)
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(backoff):
 			}
 			continue
 		}
@@ -283,15 +276,8 @@ func (s *Server) serveTCP() {
 	for {
 		c, err := s.tcp.Accept()
 		if err != nil {
-			if s.isClosed() || errors.Is(err, net.ErrClosed) {
+			if !s.backOff("accept", "dns: TCP accept error", err, &backoff) {
 				return
-			}
-			s.warn("accept", "dns: TCP accept error", "err", err)
-			backoff = min(max(2*backoff, time.Millisecond), time.Second)
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-time.After(backoff):
 			}
 			continue
 		}
@@ -364,5 +350,22 @@ func (s *Server) serveConn(c net.Conn) {
 		if _, err := c.Write(msg); err != nil {
 			return
 		}
+	}
+}
+
+// backOff handles a read or accept error of a serving loop: false when the
+// server is closing (the loop ends); otherwise it logs (rate-limited under
+// key) and waits a backoff that doubles from 1 ms up to 1 s.
+func (s *Server) backOff(key, msg string, err error, backoff *time.Duration) bool {
+	if s.isClosed() || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	s.warn(key, msg, "err", err)
+	*backoff = min(max(2**backoff, time.Millisecond), time.Second)
+	select {
+	case <-s.ctx.Done():
+		return false
+	case <-time.After(*backoff):
+		return true
 	}
 }
