@@ -52,7 +52,14 @@ func quotePacket(pkt *stack.PacketBuffer) quote {
 }
 
 func addrPort(a tcpip.Address, port uint16) netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4(a.As4()), port)
+	return netip.AddrPortFrom(netipAddr(a), port)
+}
+
+// netipAddr converts a 4- or 16-byte gVisor address (the zero netip.Addr
+// for any other length).
+func netipAddr(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
 }
 
 // ---- TCP ----
