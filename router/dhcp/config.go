@@ -16,7 +16,8 @@ import (
 // lease 7200 s, gateway and DNS = the virtual host address).
 const (
 	DefaultLeaseTime      = 7200 * time.Second
-	DefaultOfferHold      = 60 * time.Second
+	DefaultOfferHold      = 30 * time.Second
+	DefaultProbationLease = 90 * time.Second
 	DefaultQuarantineTime = 10 * time.Minute
 	DefaultProbeTimeout   = 1 * time.Second
 
@@ -94,8 +95,31 @@ type Config struct {
 	// kept out of the pool. Default DefaultQuarantineTime (10 min).
 	QuarantineTime time.Duration
 	// OfferHold is how long an OFFERed address stays reserved for the client
-	// that was offered it. Default DefaultOfferHold (60 s).
+	// that was offered it. Default DefaultOfferHold (30 s): clients REQUEST
+	// within a second or two of the OFFER, and a short hold bounds what a
+	// DISCOVER flood can tie up (see guard.go).
 	OfferHold time.Duration
+
+	// Starvation defence (see guard.go for the design and the bound it gives).
+	//
+	// NewClientRate caps how many clients the server holds no record for
+	// (new MACs or client identifiers) it makes an OFFER to, or binds
+	// without one, per second; NewClientBurst is the bucket size. Requests
+	// from new clients over the cap are dropped (clients retransmit) and
+	// counted in Stats.RateLimited. Known clients, renewals and reserved
+	// MACs never wait. Defaults: burst max(4, P/8) and rate
+	// burst/(OfferHold+ProbationLease), at least 2 per minute, for a pool of
+	// P addresses (191 addresses: burst 23, about 11.5 per minute).
+	// NewClientRate < 0 disables the cap.
+	NewClientRate  float64
+	NewClientBurst int
+	// ProbationLease is the lease time given to a binding that is not a
+	// renewal once the full-lease budget is spent (NewClientBurst full
+	// leases per LeaseTime). The client's first renewal, from a quarter of
+	// ProbationLease on, upgrades it to LeaseTime; a client that never
+	// renews loses the address when it ends. Default DefaultProbationLease
+	// (90 s); < 0 disables probation (every binding gets LeaseTime).
+	ProbationLease time.Duration
 	// OnChange, if set, is called after a lease is bound, renewed, released
 	// or declined (e.g. to publish host names in DNS via Leases). It runs on
 	// the server goroutine without locks held and must not block.
@@ -118,6 +142,9 @@ type derived struct {
 	routes             []byte // RFC 3442 encoding, shared by 121 and 249
 	leaseTime          time.Duration
 	offerHold          time.Duration
+	probation          time.Duration // 0: off
+	newRate, newBurst  float64       // new-client bucket; newRate < 0: unlimited
+	poolSize           int           // addresses in PoolStart..PoolEnd
 	quarantine         time.Duration
 	probeTimeout       time.Duration
 	hasGateway         bool
@@ -239,6 +266,10 @@ func (c *Config) derive() (*derived, error) {
 		return nil, fmt.Errorf("dhcp: LeaseTime %v out of range (10s..2^32-2 s)", d.leaseTime)
 	}
 	d.offerHold = orDefault(c.OfferHold, DefaultOfferHold)
+	d.poolSize = int(d.poolEnd - d.poolStart + 1)
+	if err := d.deriveGuard(c); err != nil {
+		return nil, err
+	}
 	d.quarantine = orDefault(c.QuarantineTime, DefaultQuarantineTime)
 	d.probeTimeout = orDefault(c.ProbeTimeout, DefaultProbeTimeout)
 

@@ -11,7 +11,10 @@
 // adds MAC reservations, leases persisted across restarts (StateFile), pools
 // larger than a /24, options 26 and 119, RFC 3442 routes with the default
 // route included, client-identifier (option 61) keyed leases, DECLINE
-// handling and an optional conflict probe before offering.
+// handling, an optional conflict probe before offering, and a defence
+// against DHCP starvation (guard.go): a rate cap on clients it has never
+// seen, a short offer hold and probation leases for clients that have not
+// renewed yet, so a flood of random MACs cannot take more than half the pool.
 //
 // Assignment order for a client (its key is option 61 if present, else its
 // MAC): its reservation, then its current or last lease record (bound,

@@ -44,8 +44,8 @@ func secs(d time.Duration) uint32 {
 }
 
 // reply builds an OFFER or ACK carrying the configuration options. yiaddr 0
-// means none (INFORM); withLease adds options 51, 58 and 59.
-func (s *Server) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yiaddr uint32, withLease bool) *dhcpv4.DHCPv4 {
+// means none (INFORM); a lease time lt > 0 adds options 51, 58 and 59.
+func (s *Server) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yiaddr uint32, lt time.Duration) *dhcpv4.DHCPv4 {
 	d := s.d
 	m := s.header(req)
 	m.YourIPAddr = u2ip(yiaddr)
@@ -56,10 +56,10 @@ func (s *Server) reply(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, yiaddr uint32
 	o := m.Options
 	o[optMessageType] = []byte{byte(typ)}
 	o[optServerID] = u32b(d.server)
-	if withLease {
-		o[optLeaseTime] = u32b(secs(d.leaseTime))
-		o[optRenewalTime] = u32b(secs(d.leaseTime / 2))
-		o[optRebindingTime] = u32b(secs(d.leaseTime / 8 * 7))
+	if lt > 0 {
+		o[optLeaseTime] = u32b(secs(lt))
+		o[optRenewalTime] = u32b(secs(lt / 2))
+		o[optRebindingTime] = u32b(secs(lt / 8 * 7))
 	}
 	o[optSubnetMask] = []byte(d.mask)
 	if d.hasGateway {

@@ -27,6 +27,9 @@ type Lease struct {
 	Hostname string    // option 12, sanitised
 	Expiry   time.Time // lease (or offer hold, or quarantine) end
 	State    LeaseState
+	// Probation is set for a bound lease of Config.ProbationLease that the
+	// client has not renewed yet (see the starvation defence in guard.go).
+	Probation bool
 }
 
 // lease is one record. Records are never deleted, only made inactive (their
@@ -40,6 +43,10 @@ type lease struct {
 	hostname string
 	expiry   time.Time
 	state    LeaseState // offered, bound, released or quarantined
+	// probation: a bound lease of ProbationLease, not yet renewed; boundAt
+	// is when that probation began (see guard.go).
+	probation bool
+	boundAt   time.Time
 }
 
 func (l *lease) active(now time.Time) bool {
@@ -54,11 +61,48 @@ type pool struct {
 	// next is the lowest pool address that may never have had a record.
 	// Addresses below it all have records (or are special); see fresh.
 	next uint32
+	// newClients admits clients without a record; fullLeases decides
+	// whether a binding that is not a renewal gets LeaseTime or probation.
+	newClients, fullLeases *bucket
+	// specialInPool counts pool addresses that are never leased dynamically.
+	specialInPool int
 }
 
 func newPool(d *derived) *pool {
-	return &pool{d: d, byIP: map[uint32]*lease{}, byKey: map[string]*lease{}, next: d.poolStart}
+	p := &pool{d: d, byIP: map[uint32]*lease{}, byKey: map[string]*lease{}, next: d.poolStart,
+		newClients: newBucket(d.newRate, d.newBurst)}
+	if d.probation > 0 {
+		p.fullLeases = newBucket(d.newBurst/d.leaseTime.Seconds(), d.newBurst)
+	}
+	if p.inPool(d.server) {
+		p.specialInPool++
+	}
+	if d.hasGateway && d.gateway != d.server && p.inPool(d.gateway) {
+		p.specialInPool++
+	}
+	for ip := range d.reservedByIP { // never the server or gateway (derive)
+		if p.inPool(ip) {
+			p.specialInPool++
+		}
+	}
+	return p
 }
+
+// known reports whether the client has a record or a reservation; unknown
+// clients need a new-client token to be offered or bound.
+func (p *pool) known(key, mac string) bool {
+	if p.byKey[key] != nil {
+		return true
+	}
+	_, reserved := p.d.reservedByMAC[mac]
+	return reserved
+}
+
+// admitNew takes a new-client token (guard.go).
+func (p *pool) admitNew(now time.Time) bool { return p.newClients.take(now) }
+
+// refundNew returns a token taken by admitNew for a request not served.
+func (p *pool) refundNew() { p.newClients.refund() }
 
 // special reports addresses that are never handed out dynamically.
 func (p *pool) special(ip uint32) bool {
@@ -132,6 +176,7 @@ func (p *pool) assign(key string, mac net.HardwareAddr, cid []byte, ip uint32, h
 	if old := p.byKey[key]; old != nil && old.ip != ip {
 		old.key, old.state, old.expiry = "", StateReleased, time.Time{}
 		old.mac, old.clientID, old.hostname = nil, nil, ""
+		old.probation, old.boundAt = false, time.Time{}
 	}
 	l := p.byIP[ip]
 	if l == nil {
@@ -141,6 +186,7 @@ func (p *pool) assign(key string, mac net.HardwareAddr, cid []byte, ip uint32, h
 		delete(p.byKey, l.key)
 	}
 	l.key, l.mac, l.clientID, l.state, l.expiry = key, mac, cid, state, expiry
+	l.probation, l.boundAt = false, time.Time{}
 	if host != "" {
 		l.hostname = host
 	}
@@ -160,9 +206,56 @@ func (p *pool) offer(key string, mac net.HardwareAddr, cid []byte, ip uint32, ho
 	p.assign(key, mac, cid, ip, host, StateOffered, now.Add(p.d.offerHold))
 }
 
-// bind makes the lease bound until now+LeaseTime.
-func (p *pool) bind(key string, mac net.HardwareAddr, cid []byte, ip uint32, host string, now time.Time) *lease {
-	return p.assign(key, mac, cid, ip, host, StateBound, now.Add(p.d.leaseTime))
+// grant is how a binding was decided (see leaseFor).
+type grant int
+
+const (
+	grantFull      grant = iota // LeaseTime: renewal, reservation or a full-lease token
+	grantProbation              // ProbationLease for a new binding
+	grantConfirm                // a probation lease renewed in time: now LeaseTime
+	grantReprobe                // a probation lease renewed too early: probation again
+)
+
+// leaseFor decides the lease for binding key (with mac) to ip at now
+// (guard.go): LeaseTime for a renewal of the client's active full lease on
+// ip, for a reserved MAC, for a probation lease renewed from a quarter of
+// ProbationLease on, and when the full-lease bucket has a token (taken only
+// if take); ProbationLease otherwise.
+func (p *pool) leaseFor(key, mac string, ip uint32, now time.Time, take bool) (time.Duration, grant) {
+	if p.d.probation == 0 {
+		return p.d.leaseTime, grantFull
+	}
+	if r, has := p.d.reservedByMAC[mac]; has && r == ip {
+		return p.d.leaseTime, grantFull
+	}
+	if old := p.byKey[key]; old != nil && old.ip == ip && old.state == StateBound && old.active(now) {
+		switch {
+		case !old.probation:
+			return p.d.leaseTime, grantFull
+		case now.Sub(old.boundAt) >= p.d.probation/4:
+			return p.d.leaseTime, grantConfirm
+		default:
+			return p.d.probation, grantReprobe
+		}
+	}
+	if (take && p.fullLeases.take(now)) || (!take && p.fullLeases.has(now)) {
+		return p.d.leaseTime, grantFull
+	}
+	return p.d.probation, grantProbation
+}
+
+// bind makes the lease bound for the lease time leaseFor decides.
+func (p *pool) bind(key string, mac net.HardwareAddr, cid []byte, ip uint32, host string, now time.Time) (*lease, grant) {
+	dur, g := p.leaseFor(key, mac.String(), ip, now, true)
+	boundAt := now
+	if g == grantReprobe {
+		boundAt = p.byKey[key].boundAt
+	}
+	l := p.assign(key, mac, cid, ip, host, StateBound, now.Add(dur))
+	if g == grantProbation || g == grantReprobe {
+		l.probation, l.boundAt = true, boundAt
+	}
+	return l, g
 }
 
 // release marks the client's lease on ip released; it stays the client's
@@ -186,6 +279,21 @@ func (p *pool) cancelOffer(key string, now time.Time) {
 // quarantine takes ip out of service until now+QuarantineTime, removing any
 // owner.
 func (p *pool) quarantine(ip uint32, now time.Time) {
+	p.quarantineUntil(ip, now.Add(p.d.quarantine))
+}
+
+// decline quarantines the client's address after a DECLINE. A client on
+// probation (never renewed) cannot keep the address out of service beyond
+// its lease end, so DECLINEs do not extend what a flood holds (guard.go).
+func (p *pool) decline(ip uint32, now time.Time) {
+	until := now.Add(p.d.quarantine)
+	if l := p.byIP[ip]; l != nil && l.state == StateBound && l.probation && l.expiry.Before(until) {
+		until = l.expiry
+	}
+	p.quarantineUntil(ip, until)
+}
+
+func (p *pool) quarantineUntil(ip uint32, until time.Time) {
 	l := p.byIP[ip]
 	if l == nil {
 		l = &lease{ip: ip}
@@ -193,7 +301,7 @@ func (p *pool) quarantine(ip uint32, now time.Time) {
 	} else if l.key != "" {
 		delete(p.byKey, l.key)
 	}
-	*l = lease{ip: ip, state: StateQuarantined, expiry: now.Add(p.d.quarantine)}
+	*l = lease{ip: ip, state: StateQuarantined, expiry: until}
 }
 
 // leases lists records with an owner or an active quarantine, by address.
@@ -216,6 +324,7 @@ func (p *pool) leases(now time.Time) []Lease {
 		out = append(out, Lease{
 			MAC: append(net.HardwareAddr(nil), l.mac...), ClientID: append([]byte(nil), l.clientID...),
 			IP: u2a(l.ip), Hostname: l.hostname, Expiry: l.expiry, State: st,
+			Probation: st == StateBound && l.probation,
 		})
 	}
 	sortLeases(out)

@@ -31,7 +31,16 @@ type Stats struct {
 	WriteErrors        uint64
 	ReadErrors         uint64
 	SaveErrors         uint64 // failed StateFile writes
-	BoundLeases        int    // bound, unexpired leases now
+	// Starvation defence (guard.go).
+	RateLimited        uint64 // requests of new clients dropped by the new-client rate cap
+	ProbationGranted   uint64 // bindings given a probation lease
+	ProbationConfirmed uint64 // probation leases renewed in time (upgraded to LeaseTime)
+	// Gauges.
+	BoundLeases     int // bound, unexpired leases now
+	ProbationLeases int // of which on probation
+	PoolSize        int // addresses PoolStart..PoolEnd
+	PoolFree        int // pool addresses assignable to a new client now
+	LeaseRecords    int // records in the lease table (memory; at most PoolSize plus reservations)
 }
 
 type counters struct {
@@ -40,6 +49,7 @@ type counters struct {
 	offer, ack, nak                                      atomic.Uint64
 	exhausted, declined, probeInUse, probeErr, probeBusy atomic.Uint64
 	otherServer, writeErr, readErr, saveErr              atomic.Uint64
+	rateLimited, probation, confirmed                    atomic.Uint64
 }
 
 // Server is a DHCPv4 server on one PacketConn (bound to port 67, able to
@@ -151,14 +161,25 @@ func (s *Server) Stats() Stats {
 		ProbeInUse: c.probeInUse.Load(), ProbeErrors: c.probeErr.Load(), ProbeBusy: c.probeBusy.Load(),
 		IgnoredOtherServer: c.otherServer.Load(), WriteErrors: c.writeErr.Load(),
 		ReadErrors: c.readErr.Load(), SaveErrors: c.saveErr.Load(),
+		RateLimited: c.rateLimited.Load(), ProbationGranted: c.probation.Load(), ProbationConfirmed: c.confirmed.Load(),
+		PoolSize: s.d.poolSize,
 	}
 	s.mu.Lock()
 	now := s.d.now()
-	for _, l := range s.pool.byKey {
-		if l.state == StateBound && l.active(now) {
+	used := 0
+	for ip, l := range s.pool.byIP {
+		if l.state == StateBound && l.key != "" && l.active(now) {
 			st.BoundLeases++
+			if l.probation {
+				st.ProbationLeases++
+			}
+		}
+		if l.active(now) && s.pool.inPool(ip) && !s.pool.special(ip) {
+			used++
 		}
 	}
+	st.PoolFree = max(0, s.d.poolSize-s.pool.specialInPool-used)
+	st.LeaseRecords = len(s.pool.byIP)
 	s.mu.Unlock()
 	return st
 }
@@ -266,8 +287,17 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 	now := s.d.now()
 
 	s.mu.Lock()
+	newClient := !s.pool.known(key, mac)
+	if newClient && !s.pool.admitNew(now) {
+		s.mu.Unlock()
+		s.rateLimited(mac)
+		return
+	}
 	ip, fresh, ok := s.pool.choose(key, mac, ipU32(req.RequestedIPAddress()), now)
 	if !ok {
+		if newClient {
+			s.pool.refundNew()
+		}
 		s.mu.Unlock()
 		s.c.exhausted.Add(1)
 		s.rl.warn(s.log, "exhausted", "dhcp: address pool exhausted", "mac", mac)
@@ -278,7 +308,7 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 	s.mu.Unlock()
 
 	if !fresh || s.probe == nil {
-		s.sendOffer(req, ip)
+		s.sendOffer(req, key, mac, ip)
 		return
 	}
 	select {
@@ -286,6 +316,9 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 	default:
 		s.mu.Lock()
 		s.pool.cancelOffer(key, now)
+		if newClient {
+			s.pool.refundNew()
+		}
 		s.mu.Unlock()
 		s.c.probeBusy.Add(1)
 		s.rl.warn(s.log, "probebusy", "dhcp: all conflict probes busy; DISCOVER dropped", "mac", mac)
@@ -318,7 +351,7 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 			s.rl.warn(s.log, "probeerr", "dhcp: address probe failed; assuming free", "ip", u2a(ip), "err", err)
 		}
 		if err != nil || !inUse {
-			s.sendOffer(req, ip)
+			s.sendOffer(req, key, mac, ip)
 			return
 		}
 		s.c.probeInUse.Add(1)
@@ -344,9 +377,20 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 	s.rl.warn(s.log, "probegiveup", "dhcp: too many addresses in use; no offer", "mac", mac)
 }
 
-func (s *Server) sendOffer(req *dhcpv4.DHCPv4, ip uint32) {
-	resp := s.reply(req, dhcpv4.MessageTypeOffer, ip, true)
+// sendOffer offers ip with the lease time a REQUEST would get now.
+func (s *Server) sendOffer(req *dhcpv4.DHCPv4, key, mac string, ip uint32) {
+	s.mu.Lock()
+	lt, _ := s.pool.leaseFor(key, mac, ip, s.d.now(), false)
+	s.mu.Unlock()
+	resp := s.reply(req, dhcpv4.MessageTypeOffer, ip, lt)
 	s.send(req, resp, s.replyDest(req, false), &s.c.offer)
+}
+
+// rateLimited counts and (rate-limited) logs a request of a new client
+// dropped by the new-client cap.
+func (s *Server) rateLimited(mac string) {
+	s.c.rateLimited.Add(1)
+	s.rl.warn(s.log, "ratelimit", "dhcp: too many new clients; request dropped (possible starvation attack)", "mac", mac)
 }
 
 func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
@@ -391,17 +435,34 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 	} else if !s.pool.usable(target, key, mac, now) {
 		reason = "address not available"
 	}
+	if reason == "" && !s.pool.known(key, mac) && !s.pool.admitNew(now) {
+		// A binding without an OFFER (INIT-REBOOT) of a client without a
+		// record: the same cap as its DISCOVER would meet. Silence, not a
+		// NAK: the client retries, then falls back to DISCOVER.
+		s.mu.Unlock()
+		s.rateLimited(mac)
+		return
+	}
 	var hostname string
 	var renewed bool
+	var g grant
+	var lt time.Duration
 	if reason == "" {
 		old := s.pool.byKey[key]
 		renewed = old != nil && old.ip == target && old.state == StateBound && old.active(now)
-		l := s.pool.bind(key, append(net.HardwareAddr(nil), req.ClientHWAddr...), cid, target,
+		var l *lease
+		l, g = s.pool.bind(key, append(net.HardwareAddr(nil), req.ClientHWAddr...), cid, target,
 			sanitizeHostname(req.HostName()), now)
-		hostname = l.hostname
+		hostname, lt = l.hostname, l.expiry.Sub(now)
 	}
 	s.mu.Unlock()
 
+	switch g {
+	case grantProbation:
+		s.c.probation.Add(1)
+	case grantConfirm:
+		s.c.confirmed.Add(1)
+	}
 	if reason != "" {
 		s.log.Info("dhcp: NAK", "mac", mac, "ip", u2a(target), "reason", reason)
 		s.send(req, s.nak(req, reason), s.replyDest(req, true), &s.c.nak)
@@ -410,10 +471,11 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 	if renewed {
 		s.log.Debug("dhcp: lease renewed", "mac", mac, "ip", u2a(target))
 	} else {
-		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", hostname, "lease", s.d.leaseTime)
+		s.log.Info("dhcp: lease bound", "mac", mac, "ip", u2a(target), "hostname", hostname, "lease", lt,
+			"probation", g == grantProbation || g == grantReprobe)
 	}
 	s.changed()
-	s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, true), s.replyDest(req, false), &s.c.ack)
+	s.send(req, s.reply(req, dhcpv4.MessageTypeAck, target, lt), s.replyDest(req, false), &s.c.ack)
 }
 
 func (s *Server) handleDecline(req *dhcpv4.DHCPv4) {
@@ -427,7 +489,7 @@ func (s *Server) handleDecline(req *dhcpv4.DHCPv4) {
 	l := s.pool.byIP[ip]
 	owned := l != nil && l.key == key
 	if owned {
-		s.pool.quarantine(ip, now)
+		s.pool.decline(ip, now)
 	}
 	s.mu.Unlock()
 	if !owned {
@@ -457,7 +519,7 @@ func (s *Server) handleRelease(req *dhcpv4.DHCPv4) {
 }
 
 func (s *Server) handleInform(req *dhcpv4.DHCPv4) {
-	resp := s.reply(req, dhcpv4.MessageTypeAck, 0, false)
+	resp := s.reply(req, dhcpv4.MessageTypeAck, 0, 0)
 	resp.ClientIPAddr = req.ClientIPAddr
 	s.send(req, resp, s.replyDest(req, false), &s.c.ack)
 }

@@ -33,6 +33,9 @@ type stateLease struct {
 	IP       string    `json:"ip"`
 	Hostname string    `json:"hostname,omitempty"`
 	Expiry   time.Time `json:"expiry"`
+	// Probation marks a probation lease (guard.go); absent in files of
+	// earlier versions, which held full leases only.
+	Probation bool `json:"probation,omitempty"`
 }
 
 func (s *Server) markDirty() {
@@ -82,7 +85,7 @@ func (s *Server) save() error {
 		}
 		st.Leases = append(st.Leases, stateLease{
 			MAC: l.mac.String(), ClientID: hex.EncodeToString(l.clientID),
-			IP: u2a(l.ip).String(), Hostname: l.hostname, Expiry: l.expiry.UTC(),
+			IP: u2a(l.ip).String(), Hostname: l.hostname, Expiry: l.expiry.UTC(), Probation: l.probation,
 		})
 	}
 	s.mu.Unlock()
@@ -171,6 +174,9 @@ func (s *Server) load() (int, error) {
 		}
 		l := s.pool.assign(key, hw, cid, u, sanitizeHostname(sl.Hostname), StateBound, sl.Expiry)
 		l.expiry = sl.Expiry
+		if sl.Probation && s.d.probation > 0 {
+			l.probation, l.boundAt = true, sl.Expiry.Add(-s.d.probation)
+		}
 		n++
 	}
 	return n, nil
