@@ -231,7 +231,7 @@ func (r *TCPRequest) Accept() (TCPConn, error) {
 	r.fr.Complete(false)
 	r.st.fctr.tcpAccepted.Add(1)
 	setKeepalive(ep)
-	return gonet.NewTCPConn(wq, ep), nil
+	return newTCPConn(wq, ep), nil
 }
 
 func setKeepalive(ep tcpip.Endpoint) {

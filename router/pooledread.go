@@ -13,12 +13,19 @@ import (
 // pooledReader reads a host socket without holding a buffer while it waits:
 // it parks on the runtime poller until the socket is readable and only then
 // takes a buffer from the pool for the read. An idle flow therefore costs
-// no copy buffer on its host side. (The virtual side is a netstack net.Conn,
-// whose Read must be given a buffer up front.)
+// no copy buffer on its host side. Its state lives in the struct and the
+// callbacks are bound once, so a read allocates nothing.
 type pooledReader struct {
 	rc     syscall.RawConn
 	pool   *sync.Pool // of *[]byte
 	stream bool       // TCP: a 0-byte read is EOF (for UDP it is an empty datagram)
+
+	try     func(fd uintptr) bool // p.tryRead
+	once    func(fd uintptr) bool // p.tryOnce
+	release func()                // p.put
+	bp      *[]byte               // the buffer of the chunk returned last, until release
+	n       int
+	rerr    error
 }
 
 // newPooledReader returns nil if c does not expose its file descriptor
@@ -32,38 +39,147 @@ func newPooledReader(c net.Conn, pool *sync.Pool, stream bool) *pooledReader {
 	if err != nil {
 		return nil
 	}
-	return &pooledReader{rc: rc, pool: pool, stream: stream}
+	p := &pooledReader{rc: rc, pool: pool, stream: stream}
+	p.try, p.once, p.release = p.tryRead, p.tryOnce, p.put
+	return p
 }
 
-// read returns a pooled buffer holding n bytes read from the socket; the
-// caller must put bp back into the pool. On error bp is nil.
-func (p *pooledReader) read() (bp *[]byte, n int, err error) {
-	var rerr error
-	cerr := p.rc.Read(func(fd uintptr) bool {
-		bp = p.pool.Get().(*[]byte)
-		n, rerr = rawRead(fd, *bp)
-		if rerr == syscall.EAGAIN || rerr == syscall.EINTR {
-			p.pool.Put(bp)
-			bp = nil
-			return false // wait for readability, holding nothing
-		}
-		return true
-	})
-	if cerr != nil {
-		if bp != nil {
-			p.pool.Put(bp)
-		}
-		return nil, 0, cerr
+// tryRead is the RawConn.Read callback: one read(2) into a pool buffer,
+// which it gives back at once if the socket had nothing.
+func (p *pooledReader) tryRead(fd uintptr) bool {
+	p.bp = p.pool.Get().(*[]byte)
+	p.n, p.rerr = rawRead(fd, *p.bp)
+	if p.rerr == syscall.EAGAIN || p.rerr == syscall.EINTR {
+		p.put()
+		return false // wait for readability, holding nothing
 	}
-	if rerr != nil {
-		p.pool.Put(bp)
-		return nil, 0, &net.OpError{Op: "read", Net: "host", Err: rerr}
+	return true
+}
+
+func (p *pooledReader) put() {
+	if p.bp != nil {
+		p.pool.Put(p.bp)
+		p.bp = nil
 	}
-	if n == 0 && p.stream {
-		p.pool.Put(bp)
-		return nil, 0, io.EOF
+}
+
+// read returns the next chunk, held in a pool buffer until release is
+// called.
+func (p *pooledReader) read() (data []byte, release func(), err error) {
+	p.put() // in case the last chunk was not released
+	if cerr := p.rc.Read(p.try); cerr != nil {
+		p.put()
+		return nil, noRelease, cerr
 	}
-	return bp, n, nil
+	return p.result()
+}
+
+// tryOnce is the RawConn.Read callback of readNow: one read(2), no wait.
+func (p *pooledReader) tryOnce(fd uintptr) bool {
+	p.bp = p.pool.Get().(*[]byte)
+	p.n, p.rerr = rawRead(fd, *p.bp)
+	return true
+}
+
+// readNow is read without waiting: ready is false if the socket has
+// nothing to read.
+func (p *pooledReader) readNow() (data []byte, release func(), ready bool, err error) {
+	p.put()
+	if cerr := p.rc.Read(p.once); cerr != nil {
+		p.put()
+		return nil, noRelease, true, cerr
+	}
+	if p.rerr == syscall.EAGAIN || p.rerr == syscall.EINTR {
+		p.put()
+		p.rerr = nil
+		return nil, noRelease, false, nil
+	}
+	data, release, err = p.result()
+	return data, release, true, err
+}
+
+func (p *pooledReader) result() (data []byte, release func(), err error) {
+	if p.rerr != nil {
+		err := p.rerr
+		p.put()
+		p.rerr = nil
+		return nil, noRelease, &net.OpError{Op: "read", Net: "host", Err: err}
+	}
+	if p.n == 0 && p.stream {
+		p.put()
+		return nil, noRelease, io.EOF
+	}
+	return (*p.bp)[:p.n], p.release, nil
+}
+
+// readWaiter is a conn that can wait for readability without a buffer
+// and report it (netstack's accepted TCP conns).
+type readWaiter interface {
+	net.Conn
+	WaitReadable()
+	Readable() bool
+}
+
+// readyReader reads a readWaiter: it waits for readability holding nothing
+// and only then takes a pool buffer for the Read.
+type readyReader struct {
+	c       readWaiter
+	pool    *sync.Pool // of *[]byte
+	release func()     // r.put
+	bp      *[]byte    // the buffer of the chunk returned last, until release
+}
+
+func newReadyReader(c readWaiter, pool *sync.Pool) *readyReader {
+	r := &readyReader{c: c, pool: pool}
+	r.release = r.put
+	return r
+}
+
+func (r *readyReader) put() {
+	if r.bp != nil {
+		r.pool.Put(r.bp)
+		r.bp = nil
+	}
+}
+
+func (r *readyReader) read() ([]byte, func(), error) {
+	r.put()
+	r.c.WaitReadable()
+	r.bp = r.pool.Get().(*[]byte)
+	n, err := r.c.Read(*r.bp)
+	if n == 0 {
+		r.put()
+		return nil, noRelease, err
+	}
+	return (*r.bp)[:n], r.release, err
+}
+
+func (r *readyReader) readNow() (data []byte, release func(), ready bool, err error) {
+	if !r.c.Readable() {
+		r.put()
+		return nil, noRelease, false, nil
+	}
+	data, release, err = r.read() // does not wait
+	return data, release, true, err
+}
+
+// nowReader is a chunkReader that does not wait: ready is false (and
+// nothing else set) when the source has nothing to read.
+type nowReader func() (data []byte, release func(), ready bool, err error)
+
+// newStreamReader is newChunkReader for a stream, plus a reader that does
+// not wait where src supports one (host sockets, netstack's accepted TCP
+// conns; readNow is nil for others).
+func newStreamReader(src net.Conn, pool *sync.Pool) (read chunkReader, readNow nowReader, free func()) {
+	if pr := newPooledReader(src, pool, true); pr != nil {
+		return pr.read, pr.readNow, pr.put
+	}
+	if rw, ok := src.(readWaiter); ok {
+		rr := newReadyReader(rw, pool)
+		return rr.read, rr.readNow, rr.put
+	}
+	read, free = newChunkReader(src, pool, true)
+	return read, nil, free
 }
 
 // chunkReader yields the next chunk (TCP) or datagram (UDP) read from a
@@ -73,18 +189,18 @@ type chunkReader func() (data []byte, release func(), err error)
 func noRelease() {}
 
 // newChunkReader reads src through a pooledReader when src is a host
-// socket, a streamReader for other stream conns (netstack's TCP conns), and
-// else with one pool buffer held for the reader's life. free returns
-// whatever buffer is still held.
+// socket, a readyReader when src can wait for readability (netstack's
+// accepted TCP conns), a streamReader for other stream conns, and else with
+// one pool buffer held for the reader's life. None of the first three holds
+// a pool buffer while src is idle. free returns whatever buffer is still
+// held.
 func newChunkReader(src net.Conn, pool *sync.Pool, stream bool) (read chunkReader, free func()) {
 	if pr := newPooledReader(src, pool, stream); pr != nil {
-		return func() ([]byte, func(), error) {
-			bp, n, err := pr.read()
-			if err != nil {
-				return nil, noRelease, err
-			}
-			return (*bp)[:n], func() { pr.pool.Put(bp) }, nil
-		}, noRelease
+		return pr.read, pr.put
+	}
+	if rw, ok := src.(readWaiter); ok && stream {
+		rr := newReadyReader(rw, pool)
+		return rr.read, rr.put
 	}
 	if stream {
 		sr := &streamReader{c: src, pool: pool, small: make([]byte, smallReadSize)}
@@ -107,7 +223,7 @@ const (
 )
 
 // streamReader reads a stream conn that cannot report readiness (a
-// netstack TCP conn) without pinning a pool buffer while idle: it blocks on
+// netstack conn from DialTCP or a listener) without pinning a pool buffer while idle: it blocks on
 // a small per-flow buffer, switches to a pool buffer once data flows, and
 // gives the pool buffer back when a read sees no data for bigReadIdle (a
 // read deadline, refreshed at most twice per bigReadIdle while data flows).

@@ -14,10 +14,9 @@ import (
 )
 
 // tcpBufSize is the copy buffer per TCP direction (32 KiB, as io.Copy).
-// Buffers are pooled and idle flows hold none: the host→client direction
-// takes one only while a read is ready (pooledReader), the client→host
-// direction keeps one while data flows and falls back to a 1 KiB buffer
-// after a second without data (streamReader).
+// Buffers are pooled and idle flows hold none: each direction waits for
+// readability without a buffer and takes one only for a read (pooledReader
+// on the host socket, readyReader on netstack's conn; see newChunkReader).
 const tcpBufSize = 32 << 10
 
 var tcpBufPool = sync.Pool{New: func() any { b := make([]byte, tcpBufSize); return &b }}
@@ -40,9 +39,10 @@ var (
 func (r *Router) onTCP(req *netstack.TCPRequest) { r.handleTCP(req.Src, req.Dst, req) }
 
 // handleTCP decides a SYN from src to dst: ACL, limits, dial the host first,
-// then complete the client's handshake and splice the two connections. It
-// runs in the stack's per-request goroutine and keeps it for the client→host
-// copy.
+// then complete the client's handshake and start splicing the two
+// connections. It runs in the stack's per-request goroutine and returns once
+// the copies are started: that goroutine's stack has grown in the dial and
+// the handshake and should not be kept for the life of the flow.
 func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 	if !r.enter() {
 		r.refused[RefusedClosing].Add(1)
@@ -91,7 +91,7 @@ func (r *Router) handleTCP(src, dst netip.AddrPort, req tcpRequest) {
 		return
 	}
 	r.opened(f)
-	r.spliceTCP(f, client, host)
+	r.startSpliceTCP(f, client, host, nil)
 }
 
 // discard ends a flow that never opened: no NAT log line.
@@ -118,9 +118,20 @@ func (r *Router) dialTCP(f *flow) (net.Conn, error) {
 }
 
 // spliceTCP copies both ways until both directions have finished or the
-// flow is ended (error, idle, Close). A FIN in one direction half-closes
-// the other side (CloseWrite) and keeps the reverse direction open.
+// flow is ended (error, idle, Close), and returns then. A FIN in one
+// direction half-closes the other side (CloseWrite) and keeps the reverse
+// direction open.
 func (r *Router) spliceTCP(f *flow, client netstack.TCPConn, host net.Conn) {
+	ended := make(chan struct{})
+	r.startSpliceTCP(f, client, host, func() { close(ended) })
+	<-ended
+}
+
+// startSpliceTCP is spliceTCP in the background: it starts one copy
+// goroutine per direction and returns; ended (if not nil) runs once both
+// have finished and the flow is closed. It must be called inside an enter
+// section (it adds to r.wg).
+func (r *Router) startSpliceTCP(f *flow, client netstack.TCPConn, host net.Conn, ended func()) {
 	closeBoth := func() {
 		client.Close()
 		host.Close()
@@ -135,39 +146,86 @@ func (r *Router) spliceTCP(f *flow, client netstack.TCPConn, host net.Conn) {
 			stop()
 			closeBoth()
 			r.finish(f, reasonFIN)
+			if ended != nil {
+				ended()
+			}
 		}
 	}
-	r.wg.Add(1) // inside handleTCP's enter section
-	go func() {
-		defer r.wg.Done()
-		r.copyTCP(f, client, host, false)
-		done()
-	}()
-	r.copyTCP(f, host, client, true)
-	done()
+	in := r.newTCPCopy(f, client, host, false, done)
+	out := r.newTCPCopy(f, host, client, true, done)
+	r.wg.Add(2)
+	go in.run()
+	go out.run()
 }
 
-// copyTCP copies src to dst until EOF (then half-closes dst) or an error
-// (then ends the flow). out is the client→host direction.
-func (r *Router) copyTCP(f *flow, dst, src net.Conn, out bool) {
-	read, free := newChunkReader(src, &tcpBufPool, true)
-	defer free()
+// tcpCopy is one direction of a TCP flow: it copies src to dst until EOF
+// (then half-closes dst) or an error (then ends the flow).
+//
+// Idle flows should cost little memory, and most of an idle flow is its
+// goroutines' stacks, which keep the size the deepest call made on them
+// (gVisor's send path, the dial, the handshake) until a garbage collection
+// happens to shrink them, and even then not below 4 KiB or so. So a copy
+// goroutine that has moved data does not wait for the next data itself:
+// when its source has nothing more to read it starts a fresh goroutine for
+// the wait and exits. The waiting goroutine stays shallow (a wait for
+// readability, no buffer), and a goroutine is started once per burst of
+// data, not per chunk.
+type tcpCopy struct {
+	r        *Router
+	f        *flow
+	dst      net.Conn
+	read     chunkReader
+	readNow  nowReader // nil: src cannot be polled; one goroutine does it all
+	free     func()
+	out      bool // client→host
+	finished func()
+}
+
+func (r *Router) newTCPCopy(f *flow, dst, src net.Conn, out bool, finished func()) *tcpCopy {
+	read, readNow, free := newStreamReader(src, &tcpBufPool)
+	return &tcpCopy{r: r, f: f, dst: dst, read: read, readNow: readNow, free: free, out: out, finished: finished}
+}
+
+// run copies; it owns one count of r.wg.
+func (c *tcpCopy) run() {
+	defer c.r.wg.Done()
+	f := c.f
 	bytes, packets := &f.bytesIn, &f.packetsIn
-	if out {
+	if c.out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
 	}
+	moved := false
 	for {
-		data, release, err := read()
+		var (
+			data    []byte
+			release func()
+			err     error
+		)
+		if moved && c.readNow != nil {
+			var ready bool
+			data, release, ready, err = c.readNow()
+			if !ready {
+				// Idle: wait on a fresh, small stack. c.r.wg cannot
+				// reach zero here: this goroutine still holds a count.
+				c.r.wg.Add(1)
+				go c.run()
+				return
+			}
+		} else {
+			data, release, err = c.read()
+		}
 		if len(data) > 0 {
+			moved = true
 			// Count before writing, so that whoever sees the data also
 			// sees it counted.
-			f.touch(r.now())
+			f.touch(c.r.now())
 			bytes.Add(uint64(len(data)))
 			packets.Add(1)
-			_, werr := dst.Write(data)
+			_, werr := c.dst.Write(data)
 			release()
 			if werr != nil {
 				f.abort(connError(werr))
+				c.end()
 				return
 			}
 		} else {
@@ -177,18 +235,26 @@ func (r *Router) copyTCP(f *flow, dst, src net.Conn, out bool) {
 			continue
 		}
 		if errors.Is(err, io.EOF) {
-			if hc, ok := dst.(halfCloser); ok {
+			if hc, ok := c.dst.(halfCloser); ok {
 				if cerr := hc.CloseWrite(); cerr != nil {
 					f.abort(connError(cerr))
+					c.end()
 					return
 				}
 			}
 			f.state.CompareAndSwap(uint32(StateOpen), uint32(StateHalfClosed))
+			c.end()
 			return
 		}
 		f.abort(connError(err))
+		c.end()
 		return
 	}
+}
+
+func (c *tcpCopy) end() {
+	c.free()
+	c.finished()
 }
 
 // connError turns a data-path error into a flow close cause: a reset is
