@@ -13,8 +13,17 @@ type Config struct {
 	// must be a 6-byte unicast address.
 	MAC net.HardwareAddr
 	// Addr is the router address and its on-link subnet, for example
-	// 192.168.30.1/24. Required; IPv4 only.
+	// 192.168.30.1/24. Required.
 	Addr netip.Prefix
+	// Addr6 turns IPv6 on: the router's IPv6 address and the hub's on-link
+	// /64 prefix, usually a unique local one (RFC 4193), for example
+	// fd12:3456:789a::1/64. The router also takes the EUI-64 link-local
+	// address of MAC, sends Router Advertisements (RA) and hands flows to
+	// IPv6 destinations to the handlers like IPv4 ones. Zero: IPv4 only
+	// (IPv6 frames are dropped and counted).
+	Addr6 netip.Prefix
+	// RA configures the Router Advertisements (with Addr6 only).
+	RA RAConfig
 	// MTU is the IP MTU of the link (Ethernet payload size). Default 1500.
 	MTU int
 	// Logger receives diagnostics; nil discards them. Per-packet events are
@@ -129,9 +138,11 @@ type Stats struct {
 	DropMalformed       uint64 // inbound frames too short, with a bad header or a bad IPv4/TCP/UDP/ICMP checksum
 	DropNotForUs        uint64 // unicast frames to another host's MAC
 	DropOwnSource       uint64 // inbound frames claiming our MAC as source
-	DropOtherProtocol   uint64 // inbound EtherTypes other than IPv4 and ARP
+	DropOtherProtocol   uint64 // inbound EtherTypes other than IPv4, ARP and (with Addr6) IPv6
 	DropARPOther        uint64 // ARP requests for addresses that are not ours
 	DropARPConflict     uint64 // ARP from another MAC claiming the router address
+	DropNDPOther        uint64 // IPv6 neighbour solicitations for other targets, foreign RAs, redirects, MLD
+	DropNDPConflict     uint64 // IPv6 packets or advertisements from another MAC claiming the router's IPv6 addresses
 	DropQueueFull       uint64 // outbound frames dropped: write queue full
 	ReadErrors          uint64 // Link.ReadFrame errors other than close
 	WriteErrors         uint64 // Link.WriteFrames errors (frames lost)
@@ -147,6 +158,12 @@ type Stats struct {
 	ICMPErrorsSent                        uint64 // unreachable/time-exceeded messages we crafted
 	ICMPErrorsLimited                     uint64 // ... not sent: over the stack's ICMP rate limit
 
+	// IPv6 router duties (with Config.Addr6).
+	RouterSolicits uint64 // valid Router Solicitations received
+	RAsSent        uint64 // Router Advertisements sent (periodic and solicited)
+	RAsLimited     uint64 // solicitations not answered: over 10/s
+	ForeignRAs     uint64 // Router Advertisements from another router on the hub
+
 	// From gVisor's stack statistics. UDPUnknownPort counts datagrams that
 	// matched no socket, which includes the first datagram of every
 	// forwarded flow (gVisor counts before asking the forwarder).
@@ -155,7 +172,7 @@ type Stats struct {
 	TCPSegmentsIn, TCPSegmentsOut, TCPResetsSent    uint64
 	UDPPacketsIn, UDPPacketsOut, UDPUnknownPort     uint64
 	UDPReceiveBufferErrors, UDPMalformed            uint64
-	ICMPEchoIn, ICMPEchoReplyOut, ICMPDstUnreachIn  uint64
+	ICMPEchoIn, ICMPEchoReplyOut, ICMPDstUnreachIn  uint64 // ICMPv4 and ICMPv6
 	IPPacketsIn, IPMalformed, IPInvalidDst          uint64
 	IPMalformedFragments                            uint64
 	ARPRequestsIn, ARPRepliesOut, ARPMalformed      uint64

@@ -44,7 +44,11 @@ func (e *linkEndpoint) defend(why string, claimant net.HardwareAddr) {
 	ip := e.addr.As4()
 	copy(a.ProtocolAddressSender(), ip[:])
 	copy(a.ProtocolAddressTarget(), ip[:])
-	if err := e.enqueueFrames([][]byte{f}); err == nil {
+	frames := [][]byte{f}
+	if e.v6 != nil {
+		frames = append(frames, e.neighborAdvert(e.v6.ll), e.neighborAdvert(e.v6.addr))
+	}
+	if err := e.enqueueFrames(frames); err == nil {
 		e.def.sent.Add(1)
 		e.log.Info("netstack: another host claims the router's identity; announced ours", "why", why, "claimant", claimant.String())
 	}

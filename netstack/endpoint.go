@@ -44,6 +44,9 @@ type linkCounters struct {
 	dropTooBig, dropMalformed, dropNotForUs atomic.Uint64
 	dropOwnSource, dropQueueFull, dropProto atomic.Uint64
 	dropARPConflict, dropARPOther           atomic.Uint64
+	dropNDPConflict, dropNDPOther           atomic.Uint64
+	routerSolicits, raSent, raLimited       atomic.Uint64
+	foreignRAs                              atomic.Uint64
 	readErrors, writeErrors                 atomic.Uint64
 }
 
@@ -59,6 +62,8 @@ type linkEndpoint struct {
 	log    *slog.Logger
 	ctr    *linkCounters
 	onDHCP func(src net.HardwareAddr, ip [4]byte) // foreign DHCP server hook, or nil
+	v6     *v6addrs                               // IPv6 addresses; nil: IPv4 only
+	onRS   func(tcpip.LinkAddress, tcpip.Address) // Router Solicitation hook (with v6)
 
 	// proxyARP are extra addresses answered like addr in ARP (the
 	// router's host-loopback alias; see Stack.AddProxyARP in dial.go).
@@ -271,6 +276,9 @@ func (e *linkEndpoint) writeDirect(pkts stack.PacketBufferList) (int, tcpip.Erro
 				e.free = append(e.free, f[:cap(f)])
 				continue
 			}
+			if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
+				e.fixOutboundNS(f)
+			}
 			batch = append(batch, f)
 		}
 		e.qmu.Unlock()
@@ -304,6 +312,9 @@ func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 		if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
 			e.free = append(e.free, f[:cap(f)])
 			continue
+		}
+		if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
+			e.fixOutboundNS(f)
 		}
 		e.queue = append(e.queue, f)
 		n++
@@ -584,9 +595,20 @@ func (e *linkEndpoint) enqueue(frame []byte, attached bool) {
 	if !ok {
 		return
 	}
-	if proto == header.IPv4ProtocolNumber && !validChecksums(frame[ethHeaderLen:]) {
-		e.ctr.dropMalformed.Add(1)
-		return
+	verified := true
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		if !validChecksums(frame[ethHeaderLen:]) {
+			e.ctr.dropMalformed.Add(1)
+			return
+		}
+	case header.IPv6ProtocolNumber:
+		ok, checked := validChecksums6(frame[ethHeaderLen:])
+		if !ok {
+			e.ctr.dropMalformed.Add(1)
+			return
+		}
+		verified = checked
 	}
 	e.ctr.framesIn.Add(1)
 	e.ctr.bytesIn.Add(uint64(len(frame)))
@@ -599,7 +621,7 @@ func (e *linkEndpoint) enqueue(frame []byte, attached bool) {
 	pkt.LinkHeader().Consume(ethHeaderLen)
 	pkt.PktType = pktType
 	pkt.NetworkProtocolNumber = proto
-	pkt.RXChecksumValidated = true
+	pkt.RXChecksumValidated = verified
 	e.gro.Enqueue(pkt)
 	pkt.DecRef() // gvisor-tap-vsock#107: without this, buffers leak
 }
@@ -649,7 +671,8 @@ func validChecksums(ip []byte) bool {
 // runts and oversized frames; frames whose source is our MAC or a group
 // address; unicast frames to other hosts (the hub floods unknown unicast, and
 // spoofing mode would otherwise make us forward other hosts' traffic);
-// EtherTypes other than IPv4 and ARP; and ARP that gVisor in spoofing mode
+// EtherTypes other than IPv4, ARP and (with IPv6 on) IPv6; NDP and
+// ARP that gVisor in spoofing mode
 // would answer for addresses that are not ours (see filterARP).
 func (e *linkEndpoint) accept(frame []byte) (tcpip.NetworkProtocolNumber, tcpip.PacketType, bool) {
 	if len(frame) < ethHeaderLen {
@@ -699,6 +722,10 @@ func (e *linkEndpoint) accept(frame []byte) (tcpip.NetworkProtocolNumber, tcpip.
 		}
 	case header.ARPProtocolNumber:
 		if !e.filterARP(frame[ethHeaderLen:]) {
+			return 0, 0, false
+		}
+	case header.IPv6ProtocolNumber:
+		if !e.filterIPv6(frame, pktType) {
 			return 0, 0, false
 		}
 	default:

@@ -260,7 +260,7 @@ func (r *TCPRequest) Reject(how Reject) {
 		r.fr.Complete(true)
 		return
 	}
-	if err := r.st.writeICMPError(r.syn, header.ICMPv4DstUnreachable, icmpCode(how)); err != nil {
+	if err := r.st.writeUnreachable(r.syn, how); err != nil {
 		r.st.log.Debug("netstack: ICMP reject failed; sending RST", "src", r.Src, "dst", r.Dst, "err", err)
 		r.fr.Complete(true)
 		return
@@ -513,7 +513,7 @@ func (r *UDPRequest) finishReject(how Reject) bool {
 	if how == RejectRST {
 		how = RejectPortUnreachable
 	}
-	if err := r.st.writeICMPError(r.pend.first, header.ICMPv4DstUnreachable, icmpCode(how)); err != nil {
+	if err := r.st.writeUnreachable(r.pend.first, how); err != nil {
 		r.st.log.Debug("netstack: UDP reject failed", "src", r.Src, "dst", r.Dst, "err", err)
 	}
 	return true

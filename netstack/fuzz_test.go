@@ -83,6 +83,50 @@ func fzL4(dst netip.Addr, proto tcpip.TransportProtocolNumber, seg []byte, csumO
 	return fzIP(dst, proto, 0, 0, seg)
 }
 
+// fzIP6 builds an IPv6 frame from the fuzz host's link-local address (or
+// src) with a valid transport checksum at csumOff (-1: none).
+func fzIP6(dstMAC net.HardwareAddr, src, dst netip.Addr, proto tcpip.TransportProtocolNumber, seg []byte, csumOff int) []byte {
+	s16, d16 := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
+	if csumOff >= 0 {
+		xsum := header.PseudoHeaderChecksum(proto, s16, d16, uint16(len(seg)))
+		binary.BigEndian.PutUint16(seg[csumOff:], ^checksum.Checksum(seg, xsum))
+	}
+	p := make([]byte, header.IPv6MinimumSize+len(seg))
+	header.IPv6(p).Encode(&header.IPv6Fields{PayloadLength: uint16(len(seg)), TransportProtocol: proto, HopLimit: 255, SrcAddr: s16, DstAddr: d16})
+	copy(p[header.IPv6MinimumSize:], seg)
+	return fzEth(dstMAC, header.IPv6ProtocolNumber, p)
+}
+
+func fuzzSeeds6() [][]byte {
+	host := netip.MustParseAddr("fd00:ac::10")
+	ll := netip.MustParseAddr("fe80::10")
+	router := netip.MustParseAddr("fd00:ac::1")
+	far := netip.MustParseAddr("2001:db8::5")
+	allRouters := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 2}
+	rs := []byte{133, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 0, 0, 0, 0, 0x10}
+	ns := make([]byte, 32)
+	ns[0] = 135
+	copy(ns[8:], router.AsSlice())
+	ns[24], ns[25] = 1, 1
+	na := append([]byte(nil), ns...)
+	na[0] = 136
+	echo := make([]byte, 16)
+	echo[0] = 128
+	syn := make([]byte, header.TCPMinimumSize)
+	header.TCP(syn).Encode(&header.TCPFields{SrcPort: 40000, DstPort: 443, SeqNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagSyn, WindowSize: 65535})
+	udp := make([]byte, header.UDPMinimumSize+4)
+	header.UDP(udp).Encode(&header.UDPFields{SrcPort: 546, DstPort: 547, Length: uint16(len(udp))})
+	return [][]byte{
+		fzIP6(allRouters, ll, netip.MustParseAddr("ff02::2"), header.ICMPv6ProtocolNumber, rs, 2),
+		fzIP6(fzRouterMAC, ll, router, header.ICMPv6ProtocolNumber, ns, 2),
+		fzIP6(net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, ll, netip.MustParseAddr("ff02::1"), header.ICMPv6ProtocolNumber, na, 2),
+		fzIP6(fzRouterMAC, host, far, header.ICMPv6ProtocolNumber, echo, 2),
+		fzIP6(fzRouterMAC, host, far, header.TCPProtocolNumber, syn, 16),
+		fzIP6(net.HardwareAddr{0x33, 0x33, 0, 1, 0, 2}, ll, netip.MustParseAddr("ff02::1:2"), header.UDPProtocolNumber, udp, 6),
+		fzIP6(fzRouterMAC, host, far, header.IPv6FragmentHeader, make([]byte, 16), -1),
+	}
+}
+
 func fuzzSeeds() [][]byte {
 	arp := make([]byte, header.ARPSize)
 	a := header.ARP(arp)
@@ -124,11 +168,12 @@ func fuzzSeeds() [][]byte {
 // accept, reject and reply. It must never panic; at the end the stack must
 // still answer ARP for its address.
 func FuzzInboundFrame(f *testing.F) {
-	for _, s := range fuzzSeeds() {
+	for _, s := range append(fuzzSeeds(), fuzzSeeds6()...) {
 		f.Add(s)
 	}
 	link := newCaptureLink()
 	st, err := New(link, Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24"),
+		Addr6: netip.MustParsePrefix("fd00:ac::1/64"), RA: RAConfig{DefaultRouter: true, RDNSS: []netip.Addr{netip.MustParseAddr("fd00:ac::1")}},
 		OnForeignDHCPServer: func(net.HardwareAddr, netip.Addr) {}})
 	if err != nil {
 		f.Fatal(err)

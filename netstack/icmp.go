@@ -79,8 +79,11 @@ func (st *Stack) icmpDefault(id stack.TransportEndpointID, pkt *stack.PacketBuff
 // Ethernet address the request came from. Replies larger than the MTU are
 // fragmented. It does not retain payload.
 func (st *Stack) WriteEchoReply(req EchoRequest, payload []byte) error {
-	if req.q.mac == "" || !req.Src.Is4() || !req.Dst.Is4() {
+	if req.q.mac == "" || req.Src.Is4() != req.Dst.Is4() {
 		return errors.New("netstack: echo reply: request did not come from this stack")
+	}
+	if req.Src.Is6() {
+		return st.writeEchoReply6(req, payload)
 	}
 	if len(payload) > 65535-header.IPv4MinimumSize-header.ICMPv4MinimumSize {
 		return fmt.Errorf("netstack: echo reply: payload of %d bytes is too large", len(payload))
@@ -108,7 +111,7 @@ func (st *Stack) WriteICMPUnreachable(req EchoRequest, how Reject) error {
 	if req.q.mac == "" {
 		return errors.New("netstack: ICMP unreachable: request did not come from this stack")
 	}
-	return st.writeICMPError(req.q, header.ICMPv4DstUnreachable, icmpCode(how))
+	return st.writeUnreachable(req.q, how)
 }
 
 // WriteICMPTimeExceeded sends an ICMP time exceeded in transit (code 0) from
@@ -116,6 +119,9 @@ func (st *Stack) WriteICMPUnreachable(req EchoRequest, how Reject) error {
 func (st *Stack) WriteICMPTimeExceeded(req EchoRequest) error {
 	if req.q.mac == "" {
 		return errors.New("netstack: ICMP time exceeded: request did not come from this stack")
+	}
+	if req.Src.Is6() {
+		return st.writeICMPv6Error(req.q, 3, 0) // time exceeded, hop limit exceeded in transit
 	}
 	return st.writeICMPError(req.q, header.ICMPv4TimeExceeded, header.ICMPv4TTLExceeded)
 }

@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -105,4 +106,56 @@ func (st *Stack) ProbeAddr(ctx context.Context, ip netip.Addr) (inUse bool, err 
 	case <-ctx.Done():
 		return false, fmt.Errorf("netstack: probe %v: %w", ip, ctx.Err())
 	}
+}
+
+// ListenTCP6 opens a TCP listener on the router's IPv6 address (Config.Addr6)
+// and port.
+func (st *Stack) ListenTCP6(port uint16) (net.Listener, error) {
+	if st.v6 == nil {
+		return nil, fmt.Errorf("netstack: listen tcp6 :%d: IPv6 is off (no Addr6)", port)
+	}
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen tcp6 :%d: %w", port, net.ErrClosed)
+	}
+	l, err := gonet.ListenTCP(st.s, tcpip.FullAddress{NIC: nicID, Addr: st.v6.addr, Port: port}, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen tcp [%v]:%d: %w", st.cfg.Addr6.Addr(), port, err)
+	}
+	return l, nil
+}
+
+// ListenUDP6 opens a UDP socket on the router's IPv6 address and port.
+func (st *Stack) ListenUDP6(port uint16) (net.PacketConn, error) {
+	if st.v6 == nil {
+		return nil, fmt.Errorf("netstack: listen udp6 :%d: IPv6 is off (no Addr6)", port)
+	}
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen udp6 :%d: %w", port, net.ErrClosed)
+	}
+	c, err := gonet.DialUDP(st.s, &tcpip.FullAddress{NIC: nicID, Addr: st.v6.addr, Port: port}, nil, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen udp [%v]:%d: %w", st.cfg.Addr6.Addr(), port, err)
+	}
+	return c, nil
+}
+
+// DHCPv6ServerPort is the port DHCPv6 servers listen on (RFC 8415 §7.2).
+const DHCPv6ServerPort = 547
+
+// ListenDHCPv6 opens the DHCPv6 server socket: UDP port 547 on every router
+// IPv6 address, receiving datagrams to All_DHCP_Relay_Agents_and_Servers
+// (ff02::1:2) from clients' link-local addresses. WriteTo a client's
+// link-local address sends from the router's link-local address.
+func (st *Stack) ListenDHCPv6() (net.PacketConn, error) {
+	if st.v6 == nil {
+		return nil, fmt.Errorf("netstack: listen dhcpv6: IPv6 is off (no Addr6)")
+	}
+	if st.closed.Load() {
+		return nil, fmt.Errorf("netstack: listen dhcpv6: %w", net.ErrClosed)
+	}
+	c, err := gonet.DialUDP(st.s, &tcpip.FullAddress{NIC: nicID, Port: DHCPv6ServerPort}, nil, ipv6.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: listen dhcpv6 [::]:%d: %w", DHCPv6ServerPort, err)
+	}
+	return c, nil
 }

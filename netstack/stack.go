@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -69,6 +70,8 @@ type Stack struct {
 	pfx   netip.Prefix  // on-link subnet (masked)
 	bcast tcpip.Address // subnet broadcast address
 	mac   tcpip.LinkAddress
+	v6    *v6addrs  // nil: IPv4 only
+	ra    *raSender // nil: IPv4 only
 
 	lctr linkCounters
 	fctr flowCounters
@@ -139,15 +142,36 @@ func New(link Link, cfg Config) (*Stack, error) {
 		st.ep.onDHCP = st.foreignDHCP
 	}
 
-	st.s = stack.New(stack.Options{
+	opts := stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
+	}
+	if cfg.Addr6.IsValid() {
+		st.v6 = newV6addrs(cfg.Addr6, st.mac)
+		st.ep.v6 = st.v6
+		// The zero Options: no duplicate address detection (the router's
+		// addresses are usable at once; conflicts are answered by
+		// defend), no Router Solicitations and no processing of other
+		// routers' advertisements (this stack is the router), no
+		// automatic link-local address (added explicitly), no MLD.
+		opts.NetworkProtocols = append(opts.NetworkProtocols, ipv6.NewProtocolWithOptions(ipv6.Options{}))
+		opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol6)
+	}
+	st.s = stack.New(opts)
 	if err := st.configure(); err != nil {
 		st.s.Destroy()
 		return nil, err
 	}
+	if st.v6 != nil {
+		if err := st.configure6(); err != nil {
+			st.s.Destroy()
+			return nil, err
+		}
+	}
 	st.ep.start()
+	if st.v6 != nil {
+		st.startRA()
+	}
 	return st, nil
 }
 
@@ -160,6 +184,9 @@ func (c *Config) withDefaults() error {
 	}
 	if !c.Addr.IsValid() || !c.Addr.Addr().Is4() {
 		return fmt.Errorf("netstack: Addr %v is not an IPv4 prefix", c.Addr)
+	}
+	if err := checkAddr6(c.Addr6); err != nil {
+		return err
 	}
 	if b := c.Addr.Bits(); b < 1 || b > 30 {
 		return fmt.Errorf("netstack: Addr %v: prefix length must be 1..30", c.Addr)
@@ -290,6 +317,9 @@ func (st *Stack) Close() error {
 	var err error
 	st.closeOnce.Do(func() {
 		st.closed.Store(true)
+		if st.ra != nil {
+			st.ra.close()
+		}
 		st.ep.stopped.Store(true)
 		st.hs.abortAll()
 		// Abort every endpoint (handlers blocked on I/O fail), stop the
@@ -314,12 +344,18 @@ func (st *Stack) Close() error {
 	return err
 }
 
-// isRouterAddr reports whether a is the router's own address.
-func (st *Stack) isRouterAddr(a tcpip.Address) bool { return a == st.addr }
+// isRouterAddr reports whether a is one of the router's own addresses.
+func (st *Stack) isRouterAddr(a tcpip.Address) bool {
+	return a == st.addr || st.v6 != nil && st.v6.isOwn(a)
+}
 
 // isForeignUnicast reports whether a is a destination the handlers may see:
-// a unicast IPv4 address that is neither ours nor a broadcast address.
+// a unicast IPv4 address that is neither ours nor a broadcast address, or
+// an off-link IPv6 unicast address (isForeignUnicast6).
 func (st *Stack) isForeignUnicast(a tcpip.Address) bool {
+	if a.Len() == 16 {
+		return st.isForeignUnicast6(a)
+	}
 	if a.Len() != 4 || a == st.addr || a == st.bcast || a == header.IPv4Broadcast || a == header.IPv4Any {
 		return false
 	}
@@ -330,6 +366,9 @@ func (st *Stack) isForeignUnicast(a tcpip.Address) bool {
 // validClientSrc reports whether a is an acceptable flow source: a unicast
 // address other than ours.
 func (st *Stack) validClientSrc(a tcpip.Address) bool {
+	if a.Len() == 16 {
+		return st.validClientSrc6(a)
+	}
 	return st.isForeignUnicast(a) && a.As4()[0] != 127
 }
 
@@ -431,14 +470,18 @@ func (st *Stack) Stats() Stats {
 		UDPReceiveBufferErrors: g.UDP.ReceiveBufferErrors.Value(),
 		UDPMalformed:           g.UDP.MalformedPacketsReceived.Value(),
 
-		ICMPEchoIn:       g.ICMP.V4.PacketsReceived.EchoRequest.Value(),
-		ICMPEchoReplyOut: g.ICMP.V4.PacketsSent.EchoReply.Value(),
-		ICMPDstUnreachIn: g.ICMP.V4.PacketsReceived.DstUnreachable.Value(),
+		ICMPEchoIn:       g.ICMP.V4.PacketsReceived.EchoRequest.Value() + g.ICMP.V6.PacketsReceived.EchoRequest.Value(),
+		ICMPEchoReplyOut: g.ICMP.V4.PacketsSent.EchoReply.Value() + g.ICMP.V6.PacketsSent.EchoReply.Value(),
+		ICMPDstUnreachIn: g.ICMP.V4.PacketsReceived.DstUnreachable.Value() + g.ICMP.V6.PacketsReceived.DstUnreachable.Value(),
 
 		IPPacketsIn:          g.IP.PacketsReceived.Value(),
 		IPMalformed:          g.IP.MalformedPacketsReceived.Value(),
 		IPInvalidDst:         g.IP.InvalidDestinationAddressesReceived.Value(),
 		IPMalformedFragments: g.IP.MalformedFragmentsReceived.Value(),
+
+		DropNDPOther: l.dropNDPOther.Load(), DropNDPConflict: l.dropNDPConflict.Load(),
+		RouterSolicits: l.routerSolicits.Load(), RAsSent: l.raSent.Load(),
+		RAsLimited: l.raLimited.Load(), ForeignRAs: l.foreignRAs.Load(),
 
 		ARPRequestsIn: g.ARP.RequestsReceived.Value(),
 		ARPRepliesOut: g.ARP.OutgoingRepliesSent.Value(),

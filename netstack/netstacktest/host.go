@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -41,19 +42,32 @@ type Host struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 	pingID atomic.Uint32
+	ndp    *ndpEvents // nil unless IPv6 is on (NewDualStackHost)
 }
 
 // NewHost starts a client stack on link with Ethernet address mac, address
 // prefix (e.g. 192.168.30.10/24; the subnet is on-link) and default gateway
 // gw. The MTU is 1500. Close closes link if it implements io.Closer.
 func NewHost(link netstack.Link, mac net.HardwareAddr, prefix netip.Prefix, gw netip.Addr) (*Host, error) {
+	return newHost(link, mac, prefix, gw, nil)
+}
+
+func newHost(link netstack.Link, mac net.HardwareAddr, prefix netip.Prefix, gw netip.Addr, ndp *ndpEvents) (*Host, error) {
 	if len(mac) != 6 || !prefix.Addr().Is4() || !gw.Is4() {
 		return nil, errors.New("netstacktest: host needs a 6-byte MAC and IPv4 addresses")
 	}
-	s := stack.New(stack.Options{
+	opts := stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-	})
+	}
+	if ndp != nil {
+		opts.NetworkProtocols = append(opts.NetworkProtocols, ipv6Host(ndp))
+		opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol6)
+	}
+	s := stack.New(opts)
+	if ndp != nil {
+		ndp.s = s
+	}
 	ch := channel.New(1024, 1500+header.EthernetMinimumSize, tcpip.LinkAddress(mac))
 	if err := s.CreateNIC(hostNIC, ethernet.New(ch)); err != nil {
 		s.Destroy()
@@ -72,7 +86,7 @@ func NewHost(link netstack.Link, mac net.HardwareAddr, prefix netip.Prefix, gw n
 		{Destination: header.IPv4EmptySubnet, Gateway: tcpip.AddrFrom4(gw.As4()), NIC: hostNIC},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &Host{s: s, ch: ch, link: link, addr: addr, cancel: cancel}
+	h := &Host{s: s, ch: ch, link: link, addr: addr, cancel: cancel, ndp: ndp}
 	h.wg.Add(2)
 	go h.writeLoop(ctx)
 	go h.readLoop()
@@ -136,7 +150,15 @@ func (h *Host) Close() error {
 }
 
 func full(ap netip.AddrPort) tcpip.FullAddress {
-	return tcpip.FullAddress{NIC: hostNIC, Addr: tcpip.AddrFrom4(ap.Addr().As4()), Port: ap.Port()}
+	return tcpip.FullAddress{NIC: hostNIC, Addr: tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice()), Port: ap.Port()}
+}
+
+// proto is the network protocol for reaching a.
+func proto(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Unmap().Is4() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
 }
 
 // DialTCP connects to dst (through the gateway unless dst is on-link). A
@@ -144,7 +166,7 @@ func full(ap netip.AddrPort) tcpip.FullAddress {
 // syscall.Errno (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ...).
 func (h *Host) DialTCP(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	var wq waiter.Queue
-	ep, terr := h.s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	ep, terr := h.s.NewEndpoint(tcp.ProtocolNumber, proto(dst.Addr()), &wq)
 	if terr != nil {
 		return nil, fmt.Errorf("netstacktest: dial %v: %v", dst, terr)
 	}
@@ -189,7 +211,7 @@ func errnoOf(e tcpip.Error) error {
 
 // DialUDP returns a connected UDP socket to dst from an ephemeral port.
 func (h *Host) DialUDP(dst netip.AddrPort) (net.Conn, error) {
-	c, err := gonet.DialUDP(h.s, nil, ptr(full(dst)), ipv4.ProtocolNumber)
+	c, err := gonet.DialUDP(h.s, nil, ptr(full(dst)), proto(dst.Addr()))
 	if err != nil {
 		return nil, fmt.Errorf("netstacktest: dial udp %v: %w", dst, err)
 	}
@@ -197,18 +219,23 @@ func (h *Host) DialUDP(dst netip.AddrPort) (net.Conn, error) {
 }
 
 // ListenUDP opens a UDP socket on the host's address (port 0: ephemeral),
-// with broadcast enabled, for tests that exchange datagrams with the router
+// with broadcast enabled (IPv4; an IPv6 local address, e.g. [::]:546,
+// opens an IPv6 socket), for tests that exchange datagrams with the router
 // address or broadcast.
 func (h *Host) ListenUDP(local netip.AddrPort) (net.PacketConn, error) {
 	var wq waiter.Queue
-	ep, terr := h.s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	pn := ipv4.ProtocolNumber
+	if local.Addr().Is6() && !local.Addr().Is4In6() {
+		pn = ipv6.ProtocolNumber
+	}
+	ep, terr := h.s.NewEndpoint(udp.ProtocolNumber, pn, &wq)
 	if terr != nil {
 		return nil, fmt.Errorf("netstacktest: listen udp: %v", terr)
 	}
-	ep.SocketOptions().SetBroadcast(true)
+	ep.SocketOptions().SetBroadcast(pn == ipv4.ProtocolNumber)
 	fa := tcpip.FullAddress{NIC: hostNIC, Port: local.Port()}
 	if local.Addr().IsValid() && !local.Addr().IsUnspecified() {
-		fa.Addr = tcpip.AddrFrom4(local.Addr().As4())
+		fa.Addr = tcpip.AddrFromSlice(local.Addr().Unmap().AsSlice())
 	}
 	if terr := ep.Bind(fa); terr != nil {
 		ep.Close()
