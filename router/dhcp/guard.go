@@ -49,7 +49,9 @@ import (
 // and renews like a real client is indistinguishable from one; it gains
 // addresses at most at the new-client rate, and Stats shows it
 // (RateLimited, ProbationLeases, PoolFree). For pools under 32 addresses
-// the minimums (burst 4, 2 new clients per minute) weaken the bound.
+// the minimums (burst 4, 2 new clients per minute) weaken the bound. With a
+// StateFile the bucket levels are saved with the leases, so a restart does
+// not grant a second budget of full leases.
 //
 // Memory: the lease table holds at most one record per pool address plus
 // one per reservation (records are reused, never added for an address that

@@ -443,7 +443,8 @@ func TestGuardDisabled(t *testing.T) {
 	})
 }
 
-// TestProbationPersisted: a probation lease stays one across a restart.
+// TestProbationPersisted: a probation lease stays one across a restart, and
+// so do the defence's bucket levels.
 func TestProbationPersisted(t *testing.T) {
 	cfg := baseConfig()
 	cfg.NewClientBurst = 1
@@ -468,6 +469,12 @@ func TestProbationPersisted(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d probation leases after the restart, want 1: %+v", n, h2.srv.Leases())
+	}
+	// The spent full-lease budget survives the restart too: a flood cannot
+	// get a second one by waiting for (or causing) a restart.
+	h.clk.Advance(time.Minute) // one new-client token (h2 runs on h.clk)
+	if s := leaseSecs(h2.dora(3)); s != 90 {
+		t.Fatalf("new client after the restart: lease %d s, want probation (90 s)", s)
 	}
 }
 

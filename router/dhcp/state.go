@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +26,36 @@ const saveInterval = time.Second
 type stateFile struct {
 	Version int          `json:"version"`
 	Leases  []stateLease `json:"leases"`
+	// Guard is the starvation defence's bucket levels (guard.go), so that a
+	// restart does not hand a flood a second budget of full leases.
+	Guard *stateGuard `json:"guard,omitempty"`
+}
+
+type stateGuard struct {
+	At         time.Time `json:"at"`
+	NewClients *float64  `json:"new_clients,omitempty"` // tokens; absent = unlimited
+	FullLeases *float64  `json:"full_leases,omitempty"`
+}
+
+func saveBucket(b *bucket, now time.Time) *float64 {
+	if b == nil {
+		return nil
+	}
+	b.refill(now)
+	v := b.tokens
+	return &v
+}
+
+// restoreBucket sets b to the saved level, refilled from at on next use.
+func restoreBucket(b *bucket, v *float64, at, now time.Time) {
+	if b == nil || v == nil || math.IsNaN(*v) {
+		return
+	}
+	b.tokens = min(b.burst, max(0, *v))
+	b.last = at
+	if at.After(now) || at.IsZero() {
+		b.last = now // the clock went back: refill from now
+	}
 }
 
 type stateLease struct {
@@ -78,7 +109,8 @@ func (s *Server) save() error {
 	}
 	s.mu.Lock()
 	now := s.d.now()
-	st := stateFile{Version: stateVersion, Leases: []stateLease{}}
+	st := stateFile{Version: stateVersion, Leases: []stateLease{}, Guard: &stateGuard{At: now.UTC(),
+		NewClients: saveBucket(s.pool.newClients, now), FullLeases: saveBucket(s.pool.fullLeases, now)}}
 	for _, l := range s.pool.byKey {
 		if l.state != StateBound || !l.active(now) {
 			continue
@@ -146,6 +178,10 @@ func (s *Server) load() (int, error) {
 	n := 0
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if g := st.Guard; g != nil {
+		restoreBucket(s.pool.newClients, g.NewClients, g.At, now)
+		restoreBucket(s.pool.fullLeases, g.FullLeases, g.At, now)
+	}
 	for _, sl := range st.Leases {
 		if !now.Before(sl.Expiry) {
 			continue
