@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/acrouter/acrouter/netstack"
 	"github.com/acrouter/acrouter/netstack/netstacktest"
@@ -413,4 +415,32 @@ func TestIPv6OffDropsFrames(t *testing.T) {
 	}
 }
 
-var _ = context.Background
+
+func TestIPv6RejectSendsICMPv6(t *testing.T) {
+	e, _ := newEnv6(t, v6Config())
+	// gVisor's client aborts a connect on "no route" (code 0) but ignores
+	// code 1 (administratively prohibited), which Linux reports as
+	// EACCES; so: code 0 through the dial, code 1 by the host's counter.
+	e.st.SetTCPHandler(func(r *netstack.TCPRequest) {
+		if r.Dst.Port() == 80 {
+			r.Reject(netstack.RejectNetUnreachable)
+		} else {
+			r.Reject(netstack.RejectAdminProhibited)
+		}
+	})
+	_, err := e.host.DialTCP(ctxT(t), netip.AddrPortFrom(foreign6, 80))
+	if err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("dial error %v, want network unreachable", err)
+	}
+	ctx, cancel := context.WithTimeout(ctxT(t), 2*time.Second)
+	defer cancel()
+	if _, err := e.host.DialTCP(ctx, netip.AddrPortFrom(foreign6, 81)); err == nil {
+		t.Fatal("rejected connection succeeded")
+	}
+	if got := e.host.Stack().Stats().ICMP.V6.PacketsReceived.DstUnreachable.Value(); got < 2 {
+		t.Errorf("host received %d ICMPv6 destination unreachable messages, want ≥ 2", got)
+	}
+	if s := e.st.Stats(); s.ICMPErrorsSent < 2 || s.TCPRejected < 2 {
+		t.Errorf("ICMPErrorsSent %d TCPRejected %d, want ≥ 2 each", s.ICMPErrorsSent, s.TCPRejected)
+	}
+}

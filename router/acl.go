@@ -281,7 +281,9 @@ func parsePort(s string) (uint16, error) {
 // (a hub client must not reach services bound to 127.0.0.1 on the router's
 // host), "this network" 0.0.0.0/8 and ::, link-local (which includes the
 // cloud metadata service 169.254.169.254), multicast and the limited
-// broadcast address.
+// broadcast address, and the IPv6 spellings of the metadata service.
+// (Rules match IPv4-mapped IPv6 destinations as their IPv4 address, so
+// [::ffff:127.0.0.1] is denied as 127.0.0.1.)
 func DefaultDenyRules() []Rule {
 	deny := func(p string) Rule {
 		return Rule{Action: Deny, To: netip.MustParsePrefix(p)}
@@ -296,6 +298,10 @@ func DefaultDenyRules() []Rule {
 		deny("224.0.0.0/4"),
 		deny("ff00::/8"),
 		deny("255.255.255.255/32"),
+		// The cloud metadata service over IPv6 (AWS: fd00:ec2::254), and
+		// 169.254.169.254 through the well-known NAT64 prefix (RFC 6052).
+		deny("fd00:ec2::254/128"),
+		deny("64:ff9b::a9fe:a9fe/128"),
 	}
 }
 

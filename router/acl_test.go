@@ -141,8 +141,8 @@ func TestACLFirstMatchAndDefaults(t *testing.T) {
 		want      bool
 		wantIdx   int // -1: no rule matched
 	}{
-		{false, ProtoTCP, "10.0.0.5:443", true, 9},
-		{false, ProtoTCP, "10.0.0.5:80", false, 10},
+		{false, ProtoTCP, "10.0.0.5:443", true, 11},
+		{false, ProtoTCP, "10.0.0.5:80", false, 12},
 		{false, ProtoTCP, "8.8.8.8:80", true, -1},
 		{false, ProtoTCP, "127.0.0.1:80", false, 0},
 		{false, ProtoUDP, "127.9.9.9:53", false, 0},
@@ -153,6 +153,10 @@ func TestACLFirstMatchAndDefaults(t *testing.T) {
 		{false, ProtoUDP, "239.1.1.1:5353", false, 6},
 		{false, ProtoUDP, "[ff02::fb]:5353", false, 7},
 		{false, ProtoUDP, "255.255.255.255:67", false, 8},
+		{false, ProtoTCP, "[::ffff:127.0.0.1]:80", false, 0},
+		{false, ProtoTCP, "[fd00:ec2::254]:80", false, 9},
+		{false, ProtoTCP, "[64:ff9b::169.254.169.254]:80", false, 10},
+		{false, ProtoTCP, "[2001:db8::1]:80", true, -1},
 		{false, ProtoICMP, "127.0.0.1:0", false, 0},
 		{true, ProtoTCP, "127.0.0.1:80", true, 2},
 		{true, ProtoTCP, "10.9.9.9:80", false, 1},
@@ -165,8 +169,8 @@ func TestACLFirstMatchAndDefaults(t *testing.T) {
 			t.Errorf("noDefault=%v %v %s: allowed=%v rule %d, want %v rule %d", tt.noDefault, tt.proto, tt.dst, got, idx, tt.want, tt.wantIdx)
 		}
 	}
-	if n := len(DefaultDenyRules()); n != 9 {
-		t.Errorf("DefaultDenyRules: %d rules, the table above assumes 9", n)
+	if n := len(DefaultDenyRules()); n != 11 {
+		t.Errorf("DefaultDenyRules: %d rules, the table above assumes 11", n)
 	}
 }
 

@@ -48,10 +48,12 @@ func (m icmpMode) String() string {
 // socket buffer space.
 const echoWriteTimeout = 20 * time.Millisecond
 
-// ICMP message types (RFC 792).
+// ICMP message types (RFC 792; RFC 4443 §4 for ICMPv6).
 const (
-	icmpEchoReply   = 0
-	icmpEchoRequest = 8
+	icmpEchoReply    = 0
+	icmpEchoRequest  = 8
+	icmp6EchoRequest = 128
+	icmp6EchoReply   = 129
 )
 
 // icmpKey identifies an echo flow: one client, destination and the client's
@@ -82,6 +84,7 @@ type icmpForwarder struct {
 	r    *Router
 	mode icmpMode
 	raw  *icmp.PacketConn // raw-socket mode: shared socket
+	raw6 *icmp.PacketConn // raw-socket mode: shared ICMPv6 socket, nil if the host has no IPv6
 	// mapDst, if set (tests only, before the first request), maps a
 	// client's destination to the address pinged on the host.
 	mapDst func(netip.Addr) netip.Addr
@@ -111,7 +114,14 @@ func newICMPForwarder(r *Router) *icmpForwarder {
 		x.mode = icmpRawSocket
 		x.raw = raw
 		r.wg.Add(1) // before any Close: r.wg cannot be waited on yet
-		go x.rawReadLoop()
+		go x.rawReadLoop(raw, icmpEchoReply)
+		// The kernel fills in ICMPv6 checksums on raw ICMPv6 sockets
+		// (RFC 3542 §3.1).
+		if raw6, err := icmp.ListenPacket("ip6:ipv6-icmp", "::"); err == nil {
+			x.raw6 = raw6
+			r.wg.Add(1)
+			go x.rawReadLoop(raw6, icmp6EchoReply)
+		}
 		return x
 	}
 	r.log.Warn("router: ICMP echo forwarding unavailable: this host allows neither unprivileged ICMP sockets nor raw sockets; pings through the router will get no reply. "+
@@ -133,6 +143,9 @@ func (x *icmpForwarder) close() {
 	if x.raw != nil {
 		x.raw.Close()
 	}
+	if x.raw6 != nil {
+		x.raw6.Close()
+	}
 }
 
 // onEcho handles an echo request to a non-local address. It is called on
@@ -146,7 +159,7 @@ func (r *Router) onEcho(req netstack.EchoRequest) {
 		}
 		return
 	}
-	if !req.Src.Is4() || !req.Dst.Is4() {
+	if req.Src.Is4() != req.Dst.Is4() || req.Dst.Is6() && x.mode == icmpRawSocket && x.raw6 == nil {
 		x.dropped.Add(1)
 		return
 	}
@@ -241,7 +254,11 @@ func (x *icmpForwarder) newFlow(req netstack.EchoRequest, key icmpKey) *icmpFlow
 // open gives fl its socket (ping mode) or identifier (raw mode).
 func (x *icmpForwarder) open(fl *icmpFlow) error {
 	if x.mode == icmpPingSocket {
-		c, err := icmp.ListenPacket("udp4", "0.0.0.0")
+		network, addr := "udp4", "0.0.0.0"
+		if fl.hostDst.Is6() {
+			network, addr = "udp6", "::"
+		}
+		c, err := icmp.ListenPacket(network, addr)
 		if err != nil {
 			return fmt.Errorf("ICMP socket: %w", err)
 		}
@@ -294,12 +311,19 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 	if x.mode == icmpRawSocket {
 		id = fl.rawID
 	} // ping sockets: the kernel puts the socket's identifier on the wire
-	msg := marshalEcho((*bp)[:0], icmpEchoRequest, id, req.Seq, req.Payload)
+	typ := uint8(icmpEchoRequest)
+	if fl.hostDst.Is6() {
+		typ = icmp6EchoRequest // the kernel fills in the ICMPv6 checksum
+	}
+	msg := marshalEcho((*bp)[:0], typ, id, req.Seq, req.Payload)
 	// onEcho runs on the stack's packet path: never wait for socket buffer
 	// space for long (a full buffer drops the request, as a router would).
 	conn := fl.conn
 	if x.mode == icmpRawSocket {
 		conn = x.raw
+		if fl.hostDst.Is6() {
+			conn = x.raw6
+		}
 	}
 	conn.SetWriteDeadline(time.Now().Add(echoWriteTimeout))
 	// Counted before sending (a reply may be relayed before WriteTo
@@ -313,7 +337,7 @@ func (x *icmpForwarder) send(fl *icmpFlow, req netstack.EchoRequest) {
 	if x.mode == icmpPingSocket {
 		_, err = fl.conn.WriteTo(msg, &net.UDPAddr{IP: fl.hostDst.AsSlice()})
 	} else {
-		_, err = x.raw.WriteTo(msg, &net.IPAddr{IP: fl.hostDst.AsSlice()})
+		_, err = conn.WriteTo(msg, &net.IPAddr{IP: fl.hostDst.AsSlice()})
 	}
 	if err != nil {
 		fl.f.bytesOut.Add(-n)
@@ -342,14 +366,15 @@ func (x *icmpForwarder) pingReadLoop(fl *icmpFlow) {
 	}
 }
 
-// rawReadLoop reads every ICMP message the host receives and relays the
-// echo replies whose identifier belongs to one of our flows.
-func (x *icmpForwarder) rawReadLoop() {
+// rawReadLoop reads every ICMP message the host receives on raw and relays
+// the echo replies (type replyType) whose identifier belongs to one of our
+// flows.
+func (x *icmpForwarder) rawReadLoop(raw *icmp.PacketConn, replyType uint8) {
 	defer x.r.wg.Done()
 	bp := udpBufPool.Get().(*[]byte)
 	defer udpBufPool.Put(bp)
 	for {
-		n, peer, err := x.raw.ReadFrom(*bp)
+		n, peer, err := raw.ReadFrom(*bp)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || x.r.ctx.Err() != nil {
 				return
@@ -357,7 +382,7 @@ func (x *icmpForwarder) rawReadLoop() {
 			continue
 		}
 		msg := (*bp)[:n]
-		if len(msg) < 8 || msg[0] != icmpEchoReply {
+		if len(msg) < 8 || msg[0] != replyType {
 			continue
 		}
 		id := uint16(msg[4])<<8 | uint16(msg[5])
@@ -381,7 +406,11 @@ func addrFromIP(ip net.IP) netip.Addr {
 
 // reply sends an echo reply message received for fl to the client.
 func (x *icmpForwarder) reply(fl *icmpFlow, msg []byte) {
-	if len(msg) < 8 || msg[0] != icmpEchoReply || msg[1] != 0 {
+	want := uint8(icmpEchoReply)
+	if fl.hostDst.Is6() {
+		want = icmp6EchoReply
+	}
+	if len(msg) < 8 || msg[0] != want || msg[1] != 0 {
 		return
 	}
 	fl.mu.Lock()
