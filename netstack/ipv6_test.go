@@ -415,7 +415,6 @@ func TestIPv6OffDropsFrames(t *testing.T) {
 	}
 }
 
-
 func TestIPv6RejectSendsICMPv6(t *testing.T) {
 	e, _ := newEnv6(t, v6Config())
 	// gVisor's client aborts a connect on "no route" (code 0) but ignores

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,7 +98,7 @@ func (d *ndpEvents) OnAutoGenAddressDeprecated(tcpip.NICID, tcpip.AddressWithPre
 func (d *ndpEvents) OnAutoGenAddressInvalidated(tcpip.NICID, tcpip.AddressWithPrefix) {}
 func (d *ndpEvents) OnRecursiveDNSServerOption(_ tcpip.NICID, as []tcpip.Address, _ time.Duration) {
 	d.update(func(st *NDPState) {
-		st.RDNSS = st.RDNSS[:0]
+		st.RDNSS = nil // a new slice: WaitNDP's callers may hold the old one
 		for _, a := range as {
 			st.RDNSS = append(st.RDNSS, toAddr(a))
 		}
@@ -126,8 +127,11 @@ func (h *Host) WaitNDP(ctx context.Context, ready func(NDPState) bool) (NDPState
 	for {
 		h.ndp.mu.Lock()
 		st, ch := h.ndp.st, h.ndp.changed
-		st.Addrs = append([]netip.Prefix(nil), st.Addrs...)
-		st.DefaultRouters = append([]netip.Addr(nil), st.DefaultRouters...)
+		st.Addrs = slices.Clone(st.Addrs)
+		st.DefaultRouters = slices.Clone(st.DefaultRouters)
+		st.OnLinkPrefixes = slices.Clone(st.OnLinkPrefixes)
+		st.RDNSS = slices.Clone(st.RDNSS)
+		st.DNSSL = slices.Clone(st.DNSSL)
 		h.ndp.mu.Unlock()
 		if ready(st) {
 			return st, nil
