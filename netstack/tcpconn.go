@@ -190,3 +190,14 @@ func (d *writeDeadline) expireLocked() {
 // Readable reports whether a Read would not block (as WaitReadable would
 // return at once).
 func (c *tcpConn) Readable() bool { return c.ep.Readiness(waiter.ReadableEvents) != 0 }
+
+// OnReadable registers fn to be called whenever the connection may have
+// become readable: data, the peer's FIN, close, an error. Calls can be
+// spurious and come often (once per arriving segment); fn runs on gVisor's
+// packet path, must not block and must not call stop. stop unregisters fn;
+// once it returns, fn is not called again.
+func (c *tcpConn) OnReadable(fn func()) (stop func()) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { fn() })
+	c.wq.EventRegister(&e)
+	return func() { c.wq.EventUnregister(&e) }
+}

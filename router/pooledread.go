@@ -112,12 +112,14 @@ func (p *pooledReader) result() (data []byte, release func(), err error) {
 	return (*p.bp)[:p.n], p.release, nil
 }
 
-// readWaiter is a conn that can wait for readability without a buffer
-// and report it (netstack's accepted TCP conns).
+// readWaiter is a conn that can wait for readability without a buffer,
+// report it, and call back when it may have become readable (netstack's
+// accepted TCP conns).
 type readWaiter interface {
 	net.Conn
 	WaitReadable()
 	Readable() bool
+	OnReadable(fn func()) (stop func())
 }
 
 // readyReader reads a readWaiter: it waits for readability holding nothing

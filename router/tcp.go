@@ -154,68 +154,109 @@ func (r *Router) startSpliceTCP(f *flow, client netstack.TCPConn, host net.Conn,
 	in := r.newTCPCopy(f, client, host, false, done)
 	out := r.newTCPCopy(f, host, client, true, done)
 	r.wg.Add(2)
-	go in.run()
-	go out.run()
+	go in.run(false)
+	out.start()
 }
 
 // tcpCopy is one direction of a TCP flow: it copies src to dst until EOF
 // (then half-closes dst) or an error (then ends the flow).
 //
 // Idle flows should cost little memory, and most of an idle flow is its
-// goroutines' stacks, which keep the size the deepest call made on them
+// goroutines' stacks, which keep the size of the deepest call made on them
 // (gVisor's send path, the dial, the handshake) until a garbage collection
 // happens to shrink them, and even then not below 4 KiB or so. So a copy
 // goroutine that has moved data does not wait for the next data itself:
-// when its source has nothing more to read it starts a fresh goroutine for
-// the wait and exits. The waiting goroutine stays shallow (a wait for
-// readability, no buffer), and a goroutine is started once per burst of
+// when its source has nothing more to read, it hands the wait over and
+// exits. A source that can call back when readable (netstack's conn: the
+// client→host direction) needs no goroutine at all while idle: the copy is
+// "armed" and the callback starts a goroutine when data, a FIN or an error
+// arrives. A host socket needs one to wait on the poller: a fresh one,
+// which stays shallow. Either way a goroutine is started once per burst of
 // data, not per chunk.
 type tcpCopy struct {
 	r        *Router
 	f        *flow
 	dst      net.Conn
 	read     chunkReader
-	readNow  nowReader // nil: src cannot be polled; one goroutine does it all
+	readNow  nowReader  // nil: src cannot be polled; one goroutine does it all
+	notify   readWaiter // nil: src cannot call back
 	free     func()
 	out      bool // client→host
 	finished func()
+
+	armed      atomic.Bool // idle, no goroutine: the callback starts one
+	stopNotify func()
 }
 
 func (r *Router) newTCPCopy(f *flow, dst, src net.Conn, out bool, finished func()) *tcpCopy {
 	read, readNow, free := newStreamReader(src, &tcpBufPool)
-	return &tcpCopy{r: r, f: f, dst: dst, read: read, readNow: readNow, free: free, out: out, finished: finished}
+	c := &tcpCopy{r: r, f: f, dst: dst, read: read, readNow: readNow, free: free, out: out, finished: finished}
+	if rw, ok := src.(readWaiter); ok && readNow != nil {
+		c.notify = rw
+	}
+	return c
 }
 
-// run copies; it owns one count of r.wg.
-func (c *tcpCopy) run() {
-	defer c.r.wg.Done()
+// start runs the copy: armed if src can call back, else in a goroutine.
+// The caller has added one count to r.wg for it.
+func (c *tcpCopy) start() {
+	if c.notify == nil {
+		go c.run(false)
+		return
+	}
+	c.stopNotify = c.notify.OnReadable(c.wake)
+	c.idle()
+}
+
+// wake is the readability callback (on gVisor's packet path).
+func (c *tcpCopy) wake() {
+	if c.armed.CompareAndSwap(true, false) {
+		go c.run(true)
+	}
+}
+
+// idle arms the copy (it keeps the caller's count of r.wg, which passes to
+// the goroutine wake starts); if data arrived meanwhile it starts one itself.
+func (c *tcpCopy) idle() {
+	c.armed.Store(true)
+	if c.notify.Readable() {
+		c.wake()
+	}
+}
+
+// run copies; it owns one count of r.wg (passed on when it hands over).
+// poll: begin with a read that does not wait (the goroutine was started
+// for data that may already be gone).
+func (c *tcpCopy) run(poll bool) {
 	f := c.f
 	bytes, packets := &f.bytesIn, &f.packetsIn
 	if c.out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
 	}
-	moved := false
 	for {
 		var (
 			data    []byte
 			release func()
 			err     error
 		)
-		if moved && c.readNow != nil {
+		if poll && c.readNow != nil {
 			var ready bool
 			data, release, ready, err = c.readNow()
 			if !ready {
-				// Idle: wait on a fresh, small stack. c.r.wg cannot
-				// reach zero here: this goroutine still holds a count.
-				c.r.wg.Add(1)
-				go c.run()
+				if c.notify != nil {
+					c.idle()
+				} else {
+					// Wait on a fresh, small stack; the count of r.wg
+					// passes to it.
+					go c.run(false)
+				}
 				return
 			}
 		} else {
 			data, release, err = c.read()
 		}
 		if len(data) > 0 {
-			moved = true
+			poll = true
 			// Count before writing, so that whoever sees the data also
 			// sees it counted.
 			f.touch(c.r.now())
@@ -252,9 +293,14 @@ func (c *tcpCopy) run() {
 	}
 }
 
+// end finishes the direction and gives back its count of r.wg.
 func (c *tcpCopy) end() {
+	if c.stopNotify != nil {
+		c.stopNotify()
+	}
 	c.free()
 	c.finished()
+	c.r.wg.Done()
 }
 
 // connError turns a data-path error into a flow close cause: a reset is

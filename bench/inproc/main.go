@@ -85,8 +85,12 @@ func main() {
 	verbose := flag.Bool("v", false, "log at debug level to stderr")
 	mutexProf := flag.String("mutexprofile", "", "write a mutex contention profile here")
 	blockProf := flag.String("blockprofile", "", "write a blocking profile (waits over 100 µs) here")
+	memRate := flag.Int("memprofilerate", 0, "runtime.MemProfileRate (0: the default, 512 KiB; 1: every allocation, exact per-flow figures)")
 	goProf := flag.String("goroutines", "", "write the goroutine stacks (grouped, debug=1) at the end of the workload here")
 	flag.Parse()
+	if *memRate > 0 {
+		runtime.MemProfileRate = *memRate
+	}
 	if *mutexProf != "" {
 		runtime.SetMutexProfileFraction(5)
 		defer writeProfile("mutex", *mutexProf)
