@@ -74,9 +74,9 @@ type Lease struct {
 
 // Stats are cumulative counters.
 type Stats struct {
-	Received, Malformed, Ignored              uint64
-	InformationReplies, Advertises, Replies   uint64
-	NoAddrsAvail, NoBinding, NotOnLink        uint64
+	Received, Malformed, Ignored             uint64
+	InformationReplies, Advertises, Replies  uint64
+	NoAddrsAvail, NoBinding, NotOnLink       uint64
 	Releases, Declines, Bindings, SendErrors uint64
 }
 
