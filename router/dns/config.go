@@ -62,9 +62,11 @@ type Config struct {
 	// Static answers A, AAAA and the matching PTR queries locally (name →
 	// addresses). Other types for these names get an empty NOERROR.
 	Static map[string][]netip.Addr
-	// RouterName, if set, resolves to RouterAddr (and back), like Static.
-	RouterName string
-	RouterAddr netip.Addr
+	// RouterName, if set, resolves to RouterAddr and, when set,
+	// RouterAddr6 (and back), like Static.
+	RouterName  string
+	RouterAddr  netip.Addr
+	RouterAddr6 netip.Addr
 	// CacheSize is the number of cached answers; default DefaultCacheSize,
 	// negative disables the cache. TTLs are respected (capped at
 	// MaxCacheTTL, default 1 h); negative answers use the SOA minimum
@@ -176,7 +178,11 @@ func (c *Config) normalize() (Config, *hostTable, error) {
 		if !c.RouterAddr.IsValid() {
 			return n, nil, fmt.Errorf("dns: RouterName %q without RouterAddr", c.RouterName)
 		}
-		if err := add(c.RouterName, []netip.Addr{c.RouterAddr}); err != nil {
+		addrs := []netip.Addr{c.RouterAddr}
+		if c.RouterAddr6.IsValid() {
+			addrs = append(addrs, c.RouterAddr6)
+		}
+		if err := add(c.RouterName, addrs); err != nil {
 			return n, nil, err
 		}
 	}

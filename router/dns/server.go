@@ -55,8 +55,8 @@ type Server struct {
 	rl    *rateLimiter
 	c     counters
 
-	udp      net.PacketConn
-	tcp      net.Listener
+	udps     []net.PacketConn // guarded by mu (Serve adds)
+	tcps     []net.Listener   // guarded by mu
 	inflight chan struct{}
 	tcpSem   chan struct{}
 
@@ -83,16 +83,38 @@ func New(cfg Config, udp net.PacketConn, tcp net.Listener) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.udp, s.tcp = udp, tcp
-	if udp != nil {
-		s.wg.Add(1)
-		go s.serveUDP()
-	}
-	if tcp != nil {
-		s.wg.Add(1)
-		go s.serveTCP()
+	if err := s.Serve(udp, tcp); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// Serve adds another pair of sockets to serve on (either may be nil), for
+// example the router's IPv6 address next to its IPv4 one. Close closes
+// them too. It fails once the server is closed (and then closes them).
+func (s *Server) Serve(udp net.PacketConn, tcp net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		if udp != nil {
+			udp.Close()
+		}
+		if tcp != nil {
+			tcp.Close()
+		}
+		return errors.New("dns: server closed")
+	}
+	if udp != nil {
+		s.udps = append(s.udps, udp)
+		s.wg.Add(1)
+		go s.serveUDP(udp)
+	}
+	if tcp != nil {
+		s.tcps = append(s.tcps, tcp)
+		s.wg.Add(1)
+		go s.serveTCP(tcp)
+	}
+	return nil
 }
 
 func newServer(cfg Config) (*Server, error) {
@@ -156,14 +178,15 @@ func (s *Server) Close() error {
 	for c := range s.tcpConns {
 		c.Close()
 	}
+	udps, tcps := s.udps, s.tcps
 	s.mu.Unlock()
 	s.cancel()
 	var errs []error
-	if s.udp != nil {
-		errs = append(errs, s.udp.Close())
+	for _, u := range udps {
+		errs = append(errs, u.Close())
 	}
-	if s.tcp != nil {
-		errs = append(errs, s.tcp.Close())
+	for _, l := range tcps {
+		errs = append(errs, l.Close())
 	}
 	s.wg.Wait()
 	return errors.Join(errs...)
@@ -221,12 +244,12 @@ func addrOf(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func (s *Server) serveUDP() {
+func (s *Server) serveUDP(pc net.PacketConn) {
 	defer s.wg.Done()
 	buf := make([]byte, 65535)
 	var backoff time.Duration
 	for {
-		n, peer, err := s.udp.ReadFrom(buf)
+		n, peer, err := pc.ReadFrom(buf)
 		if err != nil {
 			if !s.backOff("read", "dns: UDP read error", err, &backoff) {
 				return
@@ -237,7 +260,7 @@ func (s *Server) serveUDP() {
 		s.c.udpQ.Add(1)
 		out, p := s.answer(buf[:n], addrOf(peer), false)
 		if out != nil {
-			s.writeUDP(out, peer)
+			s.writeUDP(pc, out, peer)
 			continue
 		}
 		if p == nil {
@@ -248,33 +271,33 @@ func (s *Server) serveUDP() {
 		default:
 			s.c.busy.Add(1)
 			s.warn("busy", "dns: too many upstream queries in flight; answering SERVFAIL")
-			s.writeUDP(s.reply(p.q, mdns.RcodeServerFailure, p), peer)
+			s.writeUDP(pc, s.reply(p.q, mdns.RcodeServerFailure, p), peer)
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.inflight }()
-			s.writeUDP(s.finish(s.ctx, p), peer)
+			s.writeUDP(pc, s.finish(s.ctx, p), peer)
 		}()
 	}
 }
 
-func (s *Server) writeUDP(b []byte, to net.Addr) {
+func (s *Server) writeUDP(pc net.PacketConn, b []byte, to net.Addr) {
 	if b == nil {
 		return
 	}
-	if _, err := s.udp.WriteTo(b, to); err != nil && !s.isClosed() {
+	if _, err := pc.WriteTo(b, to); err != nil && !s.isClosed() {
 		s.c.writeErr.Add(1)
 		s.warn("write", "dns: UDP write error", "to", to.String(), "err", err)
 	}
 }
 
-func (s *Server) serveTCP() {
+func (s *Server) serveTCP(l net.Listener) {
 	defer s.wg.Done()
 	var backoff time.Duration
 	for {
-		c, err := s.tcp.Accept()
+		c, err := l.Accept()
 		if err != nil {
 			if !s.backOff("accept", "dns: TCP accept error", err, &backoff) {
 				return

@@ -648,3 +648,38 @@ func TestEDNSMatchesClient(t *testing.T) {
 		t.Fatalf("upstream OPT %v", uo)
 	}
 }
+
+func TestServeIPv6Socket(t *testing.T) {
+	up := newFakeUpstream(t, records)
+	r6 := netip.MustParseAddr("fd00:ac::1")
+	ts := startServer(t, Config{Upstreams: []string{up.addr}, RouterName: "router",
+		RouterAddr: netip.MustParseAddr("192.168.30.1"), RouterAddr6: r6})
+	pc, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.Serve(pc, ln); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ net, addr string }{{"udp", pc.LocalAddr().String()}, {"tcp", ln.Addr().String()}} {
+		r := ask(t, c.net, c.addr, query("router.", mdns.TypeAAAA))
+		if len(r.Answer) != 1 || r.Answer[0].(*mdns.AAAA).AAAA.String() != r6.String() {
+			t.Errorf("%s over IPv6: %v", c.net, r.Answer)
+		}
+	}
+	// The IPv4 socket still answers, and Close closes the added ones.
+	if r := ask(t, "udp", ts.udpAddr, query("router.", mdns.TypeA)); len(r.Answer) != 1 {
+		t.Errorf("IPv4 socket: %v", r.Answer)
+	}
+	ts.srv.Close()
+	if _, err := ln.Accept(); err == nil {
+		t.Error("added listener still open after Close")
+	}
+	if err := ts.srv.Serve(nil, nil); err == nil {
+		t.Error("Serve after Close succeeded")
+	}
+}
