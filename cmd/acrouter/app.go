@@ -16,6 +16,7 @@ import (
 	"github.com/acrouter/acrouter/netstack"
 	"github.com/acrouter/acrouter/router"
 	"github.com/acrouter/acrouter/router/dhcp"
+	"github.com/acrouter/acrouter/router/dhcp6"
 	"github.com/acrouter/acrouter/router/dns"
 	"github.com/acrouter/acrouter/vpnlink"
 )
@@ -34,8 +35,10 @@ type app struct {
 	link   *vpnlink.Client
 	stack  *netstack.Stack
 	router *router.Router
-	dhcp   *dhcp.Server // nil when disabled
-	dns    *dns.Server  // nil when disabled
+	dhcp   *dhcp.Server  // nil when disabled
+	dns    *dns.Server   // nil when disabled
+	dhcp6  *dhcp6.Server // nil when IPv6 or DHCPv6 is off
+	ipv6   ipv6Plan      // zero prefix: IPv6 off
 	// dhcpSrv is dhcp for the DHCP server's own goroutine (OnChange), which
 	// may run before start has assigned a.dhcp.
 	dhcpSrv atomic.Pointer[dhcp.Server]
@@ -226,9 +229,16 @@ func (a *app) start() error {
 	var err error
 	cfg, set := a.cfg, a.set
 	warnDHCP := newRateLimitedLogger(a.log, time.Minute)
+	var ra netstack.RAConfig
+	if cfg.IPv6.Enabled {
+		a.ipv6 = a.planIPv6()
+		ra = a.raConfig(a.ipv6)
+	}
 	a.stack, err = netstack.New(a.link, netstack.Config{
 		MAC:            a.mac,
 		Addr:           set.RouterPrefix,
+		Addr6:          a.ipv6.prefix,
+		RA:             ra,
 		MTU:            cfg.Router.MTU,
 		Logger:         a.log.With("component", "netstack"),
 		MaxInFlightSYN: max(8192, cfg.Router.MaxSessions),
@@ -292,15 +302,16 @@ func (a *app) start() error {
 			cache = -1 // our 0 means no cache; dns.Config's 0 means its default
 		}
 		a.dns, err = dns.New(dns.Config{
-			Upstreams:  cfg.DNS.Upstreams,
-			ResolvConf: cfg.DNS.ResolvConf,
-			Static:     set.Hosts,
-			RouterName: cfg.DNS.RouterName,
-			RouterAddr: set.RouterPrefix.Addr(),
-			Timeout:    cfg.DNS.Timeout.Duration,
-			CacheSize:  cache,
-			RateLimit:  float64(cfg.DNS.RateLimit),
-			Logger:     a.log.With("component", "dns"),
+			Upstreams:   cfg.DNS.Upstreams,
+			ResolvConf:  cfg.DNS.ResolvConf,
+			Static:      set.Hosts,
+			RouterName:  cfg.DNS.RouterName,
+			RouterAddr:  set.RouterPrefix.Addr(),
+			RouterAddr6: a.ipv6.prefix.Addr(),
+			Timeout:     cfg.DNS.Timeout.Duration,
+			CacheSize:   cache,
+			RateLimit:   float64(cfg.DNS.RateLimit),
+			Logger:      a.log.With("component", "dns"),
 		}, udp, tcp)
 		if err != nil {
 			udp.Close()
@@ -345,8 +356,15 @@ func (a *app) start() error {
 		a.dhcpSrv.Store(a.dhcp)
 		a.publishLeaseNames() // leases loaded from the state file
 	}
+	if a.ipv6.prefix.IsValid() {
+		if err := a.startIPv6Services(a.ipv6); err != nil {
+			return err
+		}
+		a.log.Info("IPv6 on the hub", "ip", a.ipv6.prefix.String(), "link_local", a.stack.LinkLocal6().String(),
+			"default_route", a.ipv6.defaultRoute, "dhcpv6", cfg.IPv6.DHCPv6)
+	}
 	a.log.Info("virtual host up", "ip", set.RouterPrefix.String(), "mac", a.mac.String(),
-		"dhcp", cfg.DHCP.Enabled, "dns", cfg.DNS.Enabled, "max_sessions", cfg.Router.MaxSessions)
+		"dhcp", cfg.DHCP.Enabled, "dns", cfg.DNS.Enabled, "ipv6", a.ipv6.prefix.IsValid(), "max_sessions", cfg.Router.MaxSessions)
 	return nil
 }
 
@@ -456,6 +474,9 @@ func (a *app) close() error {
 	}
 	if a.dhcp != nil {
 		errs = append(errs, a.dhcp.Close())
+	}
+	if a.dhcp6 != nil {
+		errs = append(errs, a.dhcp6.Close())
 	}
 	if a.router != nil {
 		errs = append(errs, a.router.Close())

@@ -22,7 +22,10 @@ import (
 	"github.com/acrouter/acrouter/vpnlink/vpnlinktest"
 )
 
-var lanNet = netip.MustParsePrefix("10.99.0.0/16")
+var (
+	lanNet  = netip.MustParsePrefix("10.99.0.0/16")
+	lanNet6 = netip.MustParsePrefix("2001:db8:99::/48") // also dialled on 127.0.0.1
+)
 
 // lanAddr is the address through which the client reaches a loopback
 // listener of the test.
@@ -75,7 +78,7 @@ func startTestRouter(tb testing.TB, hubQueue int, extraArgs ...string) (*app, *v
 	// from a client, rightly).
 	lanDial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		ap, err := netip.ParseAddrPort(addr)
-		if err == nil && lanNet.Contains(ap.Addr()) {
+		if err == nil && (lanNet.Contains(ap.Addr()) || lanNet6.Contains(ap.Addr())) {
 			addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
 		}
 		var d net.Dialer

@@ -29,6 +29,12 @@ func (a *app) Status() statusDoc {
 			MaxSessions: a.cfg.Router.MaxSessions,
 		},
 	}
+	if a.ipv6.prefix.IsValid() && a.stack != nil {
+		d.Router.IPv6 = a.ipv6.prefix.String()
+		d.Router.LinkLocal6 = a.stack.LinkLocal6().String()
+		d.Router.DefaultRt6 = a.ipv6.defaultRoute
+		d.Router.DHCPv6 = a.cfg.IPv6.DHCPv6
+	}
 	if st.LastError != nil {
 		d.Hub.LastError = st.LastError.Error()
 	}
@@ -57,15 +63,19 @@ func (a *app) Sessions() []flowDoc {
 }
 
 func (a *app) Leases() []leaseDoc {
-	if a.dhcp == nil {
-		return nil
-	}
 	var out []leaseDoc
-	for _, l := range a.dhcp.Leases() {
-		if len(l.MAC) == 0 {
-			continue // quarantined address, not a client
+	if a.dhcp != nil {
+		for _, l := range a.dhcp.Leases() {
+			if len(l.MAC) == 0 {
+				continue // quarantined address, not a client
+			}
+			out = append(out, leaseDoc{MAC: l.MAC.String(), IP: l.IP.String(), Hostname: l.Hostname, Expires: l.Expiry, State: string(l.State)})
 		}
-		out = append(out, leaseDoc{MAC: l.MAC.String(), IP: l.IP.String(), Hostname: l.Hostname, Expires: l.Expiry, State: string(l.State)})
+	}
+	if a.dhcp6 != nil {
+		for _, l := range a.dhcp6.Leases() {
+			out = append(out, leaseDoc{IP: l.Addr.String(), DUID: l.DUID, Expires: l.Expires, State: "bound"})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
 	return out
@@ -106,6 +116,13 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropOwnSource, "reason", "own-source")
 		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropARPConflict, "reason", "arp-conflict")
 		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropQueueFull, "reason", "queue-full")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropNDPConflict, "reason", "ndp-conflict")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropNDPOther, "reason", "ndp-other")
+		counter("acrouter_netstack_dropped_total", "Frames the virtual host dropped.", ns.DropOtherProtocol, "reason", "other-protocol")
+		counter("acrouter_ipv6_router_solicits_total", "Router Solicitations received.", ns.RouterSolicits)
+		counter("acrouter_ipv6_router_adverts_total", "Router Advertisements sent.", ns.RAsSent, "kind", "sent")
+		counter("acrouter_ipv6_router_adverts_total", "Router Advertisements sent.", ns.RAsLimited, "kind", "rate-limited")
+		counter("acrouter_ipv6_foreign_router_adverts_total", "Router Advertisements from another router on the hub.", ns.ForeignRAs)
 		counter("acrouter_netstack_tcp_forward_drops_total", "SYNs dropped by gVisor's forwarder in-flight cap.", ns.TCPForwardDrops)
 		counter("acrouter_netstack_tcp_retransmits_total", "TCP retransmits of the virtual host.", ns.TCPRetransmits)
 	}
@@ -140,6 +157,17 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Nak, "type", "nak")
 		counter("acrouter_dhcp_pool_exhausted_total", "DISCOVERs that found no free address.", ds.PoolExhausted)
 		gauge("acrouter_dhcp_leases", "Bound DHCP leases.", float64(ds.BoundLeases))
+	}
+	if a.dhcp6 != nil {
+		s6 := a.dhcp6.Stats()
+		counter("acrouter_dhcpv6_received_total", "DHCPv6 messages received.", s6.Received, "result", "all")
+		counter("acrouter_dhcpv6_received_total", "DHCPv6 messages received.", s6.Malformed, "result", "malformed")
+		counter("acrouter_dhcpv6_received_total", "DHCPv6 messages received.", s6.Ignored, "result", "ignored")
+		counter("acrouter_dhcpv6_sent_total", "DHCPv6 replies sent, by kind.", s6.InformationReplies, "type", "information-reply")
+		counter("acrouter_dhcpv6_sent_total", "DHCPv6 replies sent, by kind.", s6.Advertises, "type", "advertise")
+		counter("acrouter_dhcpv6_sent_total", "DHCPv6 replies sent, by kind.", s6.Replies, "type", "reply")
+		counter("acrouter_dhcpv6_no_addrs_total", "IAs answered NoAddrsAvail.", s6.NoAddrsAvail)
+		gauge("acrouter_dhcpv6_bindings", "Stateful DHCPv6 bindings.", float64(s6.Bindings))
 	}
 	if a.dns != nil {
 		ns := a.dns.Stats()

@@ -28,6 +28,7 @@ type config struct {
 	Router routerConfig `toml:"router"`
 	DHCP   dhcpConfig   `toml:"dhcp"`
 	DNS    dnsConfig    `toml:"dns"`
+	IPv6   ipv6Config   `toml:"ipv6"`
 	Status statusConfig `toml:"status"`
 	Log    logConfig    `toml:"log"`
 
@@ -95,6 +96,14 @@ type dnsConfig struct {
 	RateLimit  int      `toml:"rate_limit"` // queries per second per client
 }
 
+type ipv6Config struct {
+	Enabled         bool     `toml:"enabled"`
+	Prefix          string   `toml:"prefix"`        // router address + /64; empty: a ULA derived from the MAC
+	DefaultRoute    string   `toml:"default_route"` // auto, on, off
+	DHCPv6          string   `toml:"dhcpv6"`        // off, stateless, stateful
+	DHCPv6LeaseTime duration `toml:"dhcpv6_lease_time"`
+}
+
 type statusConfig struct {
 	Listen    string `toml:"listen"` // empty: no status API
 	TokenFile string `toml:"token_file"`
@@ -151,6 +160,12 @@ func defaultConfig() config {
 			Timeout:    duration{2 * time.Second},
 			CacheSize:  1024,
 			RateLimit:  100,
+		},
+		IPv6: ipv6Config{
+			Enabled:         true,
+			DefaultRoute:    "auto",
+			DHCPv6:          "stateless",
+			DHCPv6LeaseTime: duration{time.Hour},
 		},
 		Status: statusConfig{Listen: "127.0.0.1:8765"},
 		Log:    logConfig{Level: "info", Format: "text", NAT: true},
@@ -266,6 +281,13 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	num(&n.CacheSize, "dns-cache-size", "dns.cache_size", "answers kept in the cache (0 = no cache)")
 	num(&n.RateLimit, "dns-rate-limit", "dns.rate_limit", "queries per second allowed per client")
 
+	v6 := &cfg.IPv6
+	boolean(&v6.Enabled, "ipv6", "ipv6.enabled", "IPv6 on the hub: router advertisements, DHCPv6, DNS and flows to IPv6 destinations")
+	str(&v6.Prefix, "ipv6-prefix", "ipv6.prefix", "router IPv6 address with its /64, e.g. fd12:3456:789a::1/64 (default: a unique local prefix derived from the router MAC)")
+	str(&v6.DefaultRoute, "ipv6-default-route", "ipv6.default_route", "advertise the router as the clients' IPv6 default router: auto (when this host has an IPv6 default route), on, off")
+	str(&v6.DHCPv6, "dhcpv6", "ipv6.dhcpv6", "DHCPv6 service: off, stateless (DNS only; addresses by SLAAC) or stateful (addresses from DHCPv6 too)")
+	dur(&v6.DHCPv6LeaseTime, "dhcpv6-lease-time", "ipv6.dhcpv6_lease_time", "valid lifetime of stateful DHCPv6 addresses")
+
 	s := &cfg.Status
 	str(&s.Listen, "status", "status.listen", "status API and page address (empty: off); a non-loopback address needs status-token-file")
 	str(&s.TokenFile, "status-token-file", "status.token_file", "file holding the bearer token of the status API")
@@ -366,7 +388,8 @@ type settings struct {
 	Hosts         map[string][]netip.Addr
 	LogLevel      int // slog.Level
 	Forwards      []router.PortForward
-	LoopbackAlias netip.Addr // zero: off
+	LoopbackAlias netip.Addr   // zero: off
+	IPv6Prefix    netip.Prefix // zero with IPv6 on: derived from the MAC at start
 }
 
 type routeSetting struct {
@@ -433,7 +456,7 @@ func (c *config) validate(needHub bool) (settings, error) {
 	case err != nil:
 		bad("router.ip (--ip)", c.Router.IP, "an IPv4 address with prefix length, e.g. 192.168.30.1/24")
 	case !p.Addr().Is4():
-		bad("router.ip (--ip)", c.Router.IP, "an IPv4 address (IPv6 is not supported yet)")
+		bad("router.ip (--ip)", c.Router.IP, "an IPv4 address (the IPv6 address is ipv6.prefix)")
 	case p.Bits() < 8 || p.Bits() > 30:
 		bad("router.ip (--ip)", c.Router.IP, "a prefix length from /8 to /30")
 	case p.Addr() == p.Masked().Addr() || p.Addr() == lastAddr(p):
@@ -489,6 +512,35 @@ func (c *config) validate(needHub bool) (settings, error) {
 			s.LoopbackAlias = a
 		}
 	}
+
+	// IPv6.
+	if c.IPv6.Prefix != "" {
+		p, err := netip.ParsePrefix(c.IPv6.Prefix)
+		a := p.Addr()
+		switch {
+		case err != nil || !a.Is6() || a.Is4In6():
+			bad("ipv6.prefix (--ipv6-prefix)", c.IPv6.Prefix, "an IPv6 address with prefix length, e.g. fd12:3456:789a::1/64")
+		case p.Bits() != 64:
+			bad("ipv6.prefix (--ipv6-prefix)", c.IPv6.Prefix, "a /64 (clients form their addresses from a 64-bit interface identifier)")
+		case a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsLoopback() || a.IsUnspecified():
+			bad("ipv6.prefix (--ipv6-prefix)", c.IPv6.Prefix, "a unique local (fc00::/7) or global unicast address")
+		case a == p.Masked().Addr():
+			bad("ipv6.prefix (--ipv6-prefix)", c.IPv6.Prefix, "a host address of the prefix such as "+p.Masked().Addr().Next().String()+", not the prefix itself")
+		default:
+			s.IPv6Prefix = p
+		}
+	}
+	switch c.IPv6.DefaultRoute {
+	case "auto", "on", "off":
+	default:
+		bad("ipv6.default_route (--ipv6-default-route)", c.IPv6.DefaultRoute, "auto, on or off")
+	}
+	switch c.IPv6.DHCPv6 {
+	case "off", "stateless", "stateful":
+	default:
+		bad("ipv6.dhcpv6 (--dhcpv6)", c.IPv6.DHCPv6, "off, stateless or stateful")
+	}
+	durRange("ipv6.dhcpv6_lease_time (--dhcpv6-lease-time)", c.IPv6.DHCPv6LeaseTime, time.Minute, 365*24*time.Hour)
 
 	// DHCP.
 	if s.RouterPrefix.IsValid() {

@@ -52,6 +52,10 @@ type routerDoc struct {
 	MAC         string `json:"mac"`
 	DHCP        bool   `json:"dhcp"`
 	DNS         bool   `json:"dns"`
+	IPv6        string `json:"ipv6,omitempty"`            // router IPv6 address and prefix; empty: IPv6 off
+	LinkLocal6  string `json:"ipv6_link_local,omitempty"` // the router's link-local address
+	DefaultRt6  bool   `json:"ipv6_default_router"`       // advertised as IPv6 default router
+	DHCPv6      string `json:"dhcpv6,omitempty"`          // off, stateless, stateful
 	FlowsOpen   int    `json:"flows_open"`
 	MaxSessions int    `json:"max_sessions"`
 }
@@ -73,6 +77,7 @@ type leaseDoc struct {
 	Hostname string    `json:"hostname,omitempty"`
 	Expires  time.Time `json:"expires"`
 	State    string    `json:"state,omitempty"`
+	DUID     string    `json:"duid,omitempty"` // DHCPv6 leases: the client's DUID (hex), no MAC
 }
 
 // metricSample is one Prometheus sample.

@@ -233,6 +233,12 @@ func (h *Host) ListenUDP(local netip.AddrPort) (net.PacketConn, error) {
 		return nil, fmt.Errorf("netstacktest: listen udp: %v", terr)
 	}
 	ep.SocketOptions().SetBroadcast(pn == ipv4.ProtocolNumber)
+	if pn == ipv6.ProtocolNumber { // multicast (e.g. to ff02::1:2) leaves through the one NIC
+		if terr := ep.SetSockOpt(&tcpip.MulticastInterfaceOption{NIC: hostNIC}); terr != nil {
+			ep.Close()
+			return nil, fmt.Errorf("netstacktest: listen udp: %v", terr)
+		}
+	}
 	fa := tcpip.FullAddress{NIC: hostNIC, Port: local.Port()}
 	if local.Addr().IsValid() && !local.Addr().IsUnspecified() {
 		fa.Addr = tcpip.AddrFromSlice(local.Addr().Unmap().AsSlice())
