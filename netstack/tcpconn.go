@@ -9,33 +9,40 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// tcpConn is the TCPConn handed out by TCPRequest.Accept: gonet's conn with
-// a Write that does not leave the caller's buffer referenced, and
-// WaitReadable, so that an idle reader need not hold a buffer.
+// tcpConn is the TCPConn handed out by TCPRequest.Accept: a net.Conn over
+// a gVisor TCP endpoint (like gonet's TCPConn) that keeps no buffer of its
+// caller's and costs little while idle, plus WaitReadable, Readable and
+// OnReadable, so that an idle reader need hold neither a buffer nor a
+// goroutine.
 //
 // gVisor's tcp.Endpoint keeps the io.LimitedReader it copies a write's
 // payload through (Endpoint.limRdr, reused to save an allocation) and never
 // clears its R field; gonet's Write passes a bytes.Reader over the caller's
 // slice, so every endpoint pins the last buffer written to it for as long as
-// it lives. With pooled copy buffers that is one 32 KiB buffer per idle
-// connection. Write here hands gVisor a per-connection payloader whose slice
-// it empties once ep.Write returns.
+// it lives (with the router's pooled copy buffers, 32 KiB per idle flow).
+// Write here hands gVisor a per-connection payloader whose slice it empties
+// once ep.Write returns. Deadline channels are made only when a deadline is
+// set or a call has to wait.
 type tcpConn struct {
-	*gonet.TCPConn
 	ep tcpip.Endpoint
 	wq *waiter.Queue
 
-	wmu sync.Mutex    // serializes Write: pl is shared
-	pl  sliceReader   // guarded by wmu
-	wdl writeDeadline // Write's deadline (gonet's own is not used for writes)
+	rmu sync.Mutex // serializes Read
+	rdl deadline
+
+	wmu sync.Mutex  // serializes Write: pl is shared
+	pl  sliceReader // guarded by wmu
+	wdl deadline
+
+	onReadable func()       // OnReadable's callback; set before entry is registered
+	entry      waiter.Entry // OnReadable's registration (c is its listener)
 }
 
 func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
-	return &tcpConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+	return &tcpConn{ep: ep, wq: wq}
 }
 
 // sliceReader is a tcpip.Payloader over b.
@@ -52,21 +59,58 @@ func (r *sliceReader) Read(p []byte) (int, error) {
 
 func (r *sliceReader) Len() int { return len(r.b) }
 
+// Read reads data; it returns io.EOF after the peer's FIN.
+func (c *tcpConn) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.rdl.expired() {
+		return 0, c.opError("read", os.ErrDeadlineExceeded)
+	}
+	w := tcpip.SliceWriter(b)
+	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	if _, ok := err.(*tcpip.ErrWouldBlock); ok {
+		entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents)
+		c.wq.EventRegister(&entry)
+		defer c.wq.EventUnregister(&entry)
+		expired := c.rdl.channel()
+		for {
+			res, err = c.ep.Read(&w, tcpip.ReadOptions{})
+			if _, ok := err.(*tcpip.ErrWouldBlock); !ok {
+				break
+			}
+			select {
+			case <-expired:
+				return 0, c.opError("read", os.ErrDeadlineExceeded)
+			case <-ready:
+			}
+		}
+	}
+	switch err.(type) {
+	case nil:
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	default:
+		return 0, c.opError("read", errors.New(err.String()))
+	}
+	if res.Count > 0 {
+		c.ep.ModerateRecvBuf(res.Count)
+	}
+	return res.Count, nil
+}
+
 // Write writes all of b unless the connection fails or the write deadline
-// passes; like gonet's Write it waits for send-buffer space.
+// passes; it waits for send-buffer space.
 func (c *tcpConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	expired := c.wdl.channel()
-	select {
-	case <-expired:
+	if c.wdl.expired() {
 		return 0, c.opError("write", os.ErrDeadlineExceeded)
-	default:
 	}
 	var (
-		n     int
-		entry waiter.Entry
-		ready <-chan struct{}
+		n       int
+		entry   waiter.Entry
+		ready   <-chan struct{}
+		expired <-chan struct{}
 	)
 	for n < len(b) {
 		c.pl.b = b[n:]
@@ -82,6 +126,7 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 				entry, ready = waiter.NewChannelEntry(waiter.WritableEvents)
 				c.wq.EventRegister(&entry)
 				defer c.wq.EventUnregister(&entry)
+				expired = c.wdl.channel()
 				continue
 			}
 			select {
@@ -96,21 +141,53 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// WaitReadable blocks until a Read would not block: data is queued, the
-// peer has closed its side, or the connection is closed or failed. It holds
-// no buffer while it waits. It does not observe the read deadline; Close
-// ends the wait.
-func (c *tcpConn) WaitReadable() {
-	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
-		return
+// Close closes the connection (a FIN, or RST if unread data is left).
+func (c *tcpConn) Close() error {
+	c.ep.Close()
+	return nil
+}
+
+// CloseRead shuts down the read side; writes continue to work.
+func (c *tcpConn) CloseRead() error {
+	if err := c.ep.Shutdown(tcpip.ShutdownRead); err != nil {
+		return c.opError("close", errors.New(err.String()))
 	}
-	entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
-		return
+	return nil
+}
+
+// CloseWrite sends FIN; reads continue to work.
+func (c *tcpConn) CloseWrite() error {
+	if err := c.ep.Shutdown(tcpip.ShutdownWrite); err != nil {
+		return c.opError("close", errors.New(err.String()))
 	}
-	<-ready
+	return nil
+}
+
+func (c *tcpConn) LocalAddr() net.Addr {
+	a, err := c.ep.GetLocalAddress()
+	if err != nil {
+		return nil
+	}
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
+}
+
+func (c *tcpConn) RemoteAddr() net.Addr {
+	a, err := c.ep.GetRemoteAddress()
+	if err != nil {
+		return nil
+	}
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
+}
+
+func (c *tcpConn) SetDeadline(t time.Time) error {
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+func (c *tcpConn) SetReadDeadline(t time.Time) error {
+	c.rdl.set(t)
+	return nil
 }
 
 func (c *tcpConn) SetWriteDeadline(t time.Time) error {
@@ -118,19 +195,54 @@ func (c *tcpConn) SetWriteDeadline(t time.Time) error {
 	return nil
 }
 
-func (c *tcpConn) SetDeadline(t time.Time) error {
-	c.wdl.set(t)
-	return c.TCPConn.SetReadDeadline(t)
-}
-
 func (c *tcpConn) opError(op string, err error) *net.OpError {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
-// writeDeadline is a deadline as a channel that is closed while the
-// deadline has passed; a writer waiting on it sees later changes (as
-// net.Conn requires: SetWriteDeadline in the past unblocks a Write).
-type writeDeadline struct {
+// WaitReadable blocks until a Read would not block: data is queued, the
+// peer has closed its side, or the connection is closed or failed. It holds
+// no buffer while it waits. It does not observe the read deadline; Close
+// ends the wait.
+func (c *tcpConn) WaitReadable() {
+	if c.Readable() {
+		return
+	}
+	entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	if c.Readable() {
+		return
+	}
+	<-ready
+}
+
+// Readable reports whether a Read would not block (as WaitReadable would
+// return at once).
+func (c *tcpConn) Readable() bool { return c.ep.Readiness(waiter.ReadableEvents) != 0 }
+
+// OnReadable registers fn to be called whenever the connection may have
+// become readable: data, the peer's FIN, close, an error. Calls can be
+// spurious and come often (once per arriving segment); fn runs on gVisor's
+// packet path, must not block and must not call stop. stop unregisters fn;
+// once it returns, fn is not called again. A conn has one such
+// registration at a time.
+func (c *tcpConn) OnReadable(fn func()) (stop func()) {
+	c.onReadable = fn
+	c.entry.Init(c, waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr)
+	c.wq.EventRegister(&c.entry)
+	return c.stopReadable
+}
+
+func (c *tcpConn) stopReadable() { c.wq.EventUnregister(&c.entry) }
+
+// NotifyEvent is the waiter.EventListener of OnReadable's registration.
+func (c *tcpConn) NotifyEvent(waiter.EventMask) { c.onReadable() }
+
+// deadline is a deadline as a channel that is closed while the deadline
+// has passed; a call waiting on it sees later changes (as net.Conn
+// requires: a deadline set in the past unblocks a waiting Read or Write).
+// The channel is made only when someone waits or a deadline is set.
+type deadline struct {
 	mu     sync.Mutex
 	ch     chan struct{} // made on first use
 	closed bool          // ch is closed
@@ -138,8 +250,15 @@ type writeDeadline struct {
 	timer  *time.Timer
 }
 
+// expired reports whether the deadline has passed.
+func (d *deadline) expired() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
 // channel returns the channel closed when the deadline passes.
-func (d *writeDeadline) channel() <-chan struct{} {
+func (d *deadline) channel() <-chan struct{} {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ch == nil {
@@ -148,7 +267,7 @@ func (d *writeDeadline) channel() <-chan struct{} {
 	return d.ch
 }
 
-func (d *writeDeadline) set(t time.Time) {
+func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.gen++
@@ -177,7 +296,7 @@ func (d *writeDeadline) set(t time.Time) {
 	})
 }
 
-func (d *writeDeadline) expireLocked() {
+func (d *deadline) expireLocked() {
 	if d.ch == nil {
 		d.ch = make(chan struct{})
 	}
@@ -185,19 +304,4 @@ func (d *writeDeadline) expireLocked() {
 		close(d.ch)
 		d.closed = true
 	}
-}
-
-// Readable reports whether a Read would not block (as WaitReadable would
-// return at once).
-func (c *tcpConn) Readable() bool { return c.ep.Readiness(waiter.ReadableEvents) != 0 }
-
-// OnReadable registers fn to be called whenever the connection may have
-// become readable: data, the peer's FIN, close, an error. Calls can be
-// spurious and come often (once per arriving segment); fn runs on gVisor's
-// packet path, must not block and must not call stop. stop unregisters fn;
-// once it returns, fn is not called again.
-func (c *tcpConn) OnReadable(fn func()) (stop func()) {
-	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { fn() })
-	c.wq.EventRegister(&e)
-	return func() { c.wq.EventUnregister(&e) }
 }

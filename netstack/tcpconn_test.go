@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/nettest"
+
 	"github.com/acrouter/acrouter/netstack"
 )
 
@@ -196,5 +198,24 @@ func TestTCPConnWriteAfterClose(t *testing.T) {
 	server.Close()
 	if _, err := server.Write(bytes.Repeat([]byte("x"), 100)); err == nil {
 		t.Fatal("Write after Close succeeded")
+	}
+}
+
+// TestTCPConnConformance runs x/net's net.Conn conformance suite (deadlines,
+// concurrent use, close semantics) on an accepted conn against the client
+// end, both ways round.
+func TestTCPConnConformance(t *testing.T) {
+	for _, name := range []string{"accepted-first", "client-first"} {
+		t.Run(name, func(t *testing.T) {
+			nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+				e := newEnv(t)
+				client, server := acceptOne(t, e)
+				stop = func() { client.Close(); server.Close() }
+				if name == "client-first" {
+					return client, server, stop, nil
+				}
+				return server, client, stop, nil
+			})
+		})
 	}
 }
