@@ -18,8 +18,11 @@ const (
 	DefaultLeaseTime      = 7200 * time.Second
 	DefaultOfferHold      = 30 * time.Second
 	DefaultProbationLease = 90 * time.Second
-	DefaultQuarantineTime = 10 * time.Minute
-	DefaultProbeTimeout   = 1 * time.Second
+	// DefaultMaxBroadcastReplies keeps DHCP broadcasts under SoftEther's
+	// broadcast storm threshold (guard.go).
+	DefaultMaxBroadcastReplies = 10
+	DefaultQuarantineTime      = 10 * time.Minute
+	DefaultProbeTimeout        = 1 * time.Second
 
 	// MaxPoolSize bounds memory: at most one lease record per pool address.
 	MaxPoolSize = 1 << 20
@@ -120,6 +123,15 @@ type Config struct {
 	// renews loses the address when it ends. Default DefaultProbationLease
 	// (90 s); < 0 disables probation (every binding gets LeaseTime).
 	ProbationLease time.Duration
+	// MaxBroadcastReplies caps the replies sent to the broadcast address
+	// (OFFER, ACK and NAK to clients without an address) per second, with a
+	// burst of one second's worth; a DISCOVER is dropped unless two fit
+	// (its OFFER and the ACK). SoftEther's hub drops a session's broadcasts
+	// once more than 32 per second share a source and destination (see
+	// guard.go), which would silence every DHCP reply for a while. Default
+	// DefaultMaxBroadcastReplies (10: at most 15 in any 500 ms); < 0
+	// disables the cap (e.g. with the NoBroadcastLimiter policy).
+	MaxBroadcastReplies float64
 	// OnChange, if set, is called after a lease is bound, renewed, released
 	// or declined (e.g. to publish host names in DNS via Leases). It runs on
 	// the server goroutine without locks held and must not block.
@@ -145,6 +157,8 @@ type derived struct {
 	probation          time.Duration // 0: off
 	newRate, newBurst  float64       // new-client bucket; newRate < 0: unlimited
 	poolSize           int           // addresses in PoolStart..PoolEnd
+	bcastRate          float64       // broadcast replies per second; < 0: unlimited
+	bcastBurst         float64
 	quarantine         time.Duration
 	probeTimeout       time.Duration
 	hasGateway         bool

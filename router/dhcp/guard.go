@@ -33,6 +33,24 @@ import (
 //     to LeaseTime. A client that never renews loses the address after
 //     90 s. A DECLINE from a client that never renewed quarantines the
 //     address only until its lease would have ended.
+//  4. Broadcast pacing. SoftEther's hub counts, per session, broadcasts
+//     with the same source MAC, source IP and destination IP (every DHCP
+//     reply to a client without an address shares one such key, and every
+//     ARP request of the router another) over 500 ms spans; from 32 per
+//     second on it discards them with a probability that doubles each span,
+//     all of them once past 128, and decays only while the rate stays low
+//     (src/Cedar/Hub.c CheckBroadcastStorm, STORM_CHECK_SPAN 500,
+//     STORM_DISCARD_VALUE_START 3, _END 1024; hub option
+//     BroadcastStormDetectionThreshold, policy NoBroadcastLimiter). A
+//     starvation flood answered at full speed trips it within a second and
+//     then no client gets an OFFER or ACK for several seconds. So broadcast
+//     replies are capped at MaxBroadcastReplies (10/s, burst 10: at most 15
+//     in any 500 ms span), and conflict probes at probeRate (4/s, burst 8):
+//     each probe is an ARP resolution of up to 3 broadcasts 1 s apart with
+//     the router's own address as sender, the key the router's ordinary ARP
+//     requests use, so a probe storm would silence the router's address
+//     resolution for everyone (observed in the lab: its ARP requests stopped
+//     reaching other ports 2-3 s into an unpaced flood).
 //
 // Bound. Let P be the pool size and B = NewClientBurst = P/8 (the default;
 // the default rate is B/(OfferHold+ProbationLease)). A client that uses
@@ -62,6 +80,10 @@ import (
 const (
 	minNewClientBurst = 4
 	minNewClientRate  = 1.0 / 30 // per second
+	// probeRate and probeBurst pace conflict probes (see 4. above): at
+	// most about 10 probe ARPs in any 500 ms span.
+	probeRate  = 4
+	probeBurst = 8
 )
 
 // deriveGuard fills in the starvation-defence settings of d from c.
@@ -79,6 +101,16 @@ func (d *derived) deriveGuard(c *Config) error {
 	}
 	if d.probation >= d.leaseTime {
 		d.probation = 0 // probation would not be shorter than a lease
+	}
+	switch {
+	case c.MaxBroadcastReplies < 0:
+		d.bcastRate = -1
+	case c.MaxBroadcastReplies == 0:
+		d.bcastRate, d.bcastBurst = DefaultMaxBroadcastReplies, DefaultMaxBroadcastReplies
+	case math.IsNaN(c.MaxBroadcastReplies) || math.IsInf(c.MaxBroadcastReplies, 0) || c.MaxBroadcastReplies < 2:
+		return fmt.Errorf("dhcp: MaxBroadcastReplies %v: want at least 2 (an OFFER and its ACK) or < 0 for no cap", c.MaxBroadcastReplies)
+	default:
+		d.bcastRate, d.bcastBurst = c.MaxBroadcastReplies, c.MaxBroadcastReplies
 	}
 	switch {
 	case c.NewClientBurst < 0:

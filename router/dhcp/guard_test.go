@@ -1,12 +1,14 @@
 package dhcp
 
 import (
+	"context"
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -357,8 +359,9 @@ func TestStarvationFlood(t *testing.T) {
 		st := checkBounds(t, s, "after the flood")
 		t.Logf("flood of %d clients in %v: %d offers, %d acks to the attacker (%d INIT-REBOOT REQUESTs); %d rate-limited, %d on probation, %d bound, %d of %d free, %d records",
 			a.n, flood, a.offers, a.acks, a.direct, st.RateLimited, st.ProbationLeases, st.BoundLeases, st.PoolFree, st.PoolSize, st.LeaseRecords)
-		if st.RateLimited < 2500 || st.PoolExhausted != 0 {
-			t.Fatalf("RateLimited %d, PoolExhausted %d: the cap did not refuse the flood", st.RateLimited, st.PoolExhausted)
+		if st.RateLimited+st.BroadcastLimited < 2500 || st.PoolExhausted != 0 {
+			t.Fatalf("RateLimited %d, BroadcastLimited %d, PoolExhausted %d: the caps did not refuse the flood",
+				st.RateLimited, st.BroadcastLimited, st.PoolExhausted)
 		}
 		// Client 2 keeps retransmitting; it gets a lease once the bucket
 		// has refilled, on its next retransmission.
@@ -426,7 +429,7 @@ func TestStarvationSustained(t *testing.T) {
 func TestGuardDisabled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := baseConfig()
-		cfg.NewClientRate, cfg.ProbationLease = -1, -1
+		cfg.NewClientRate, cfg.ProbationLease, cfg.MaxBroadcastReplies = -1, -1, -1
 		conn := newMemConn()
 		s, err := newServer(conn, cfg)
 		if err != nil {
@@ -508,4 +511,91 @@ func BenchmarkLeaseTableMemory(b *testing.B) {
 		b.ReportMetric(float64(m1.HeapAlloc-m0.HeapAlloc)/n, "B/record")
 		runtime.KeepAlive(p)
 	}
+}
+
+// TestBroadcastPacing: replies to clients without an address stay under
+// MaxBroadcastReplies (10/s, burst 10), a DISCOVER is only answered if its
+// ACK fits too, and unicast renewals are never held back.
+func TestBroadcastPacing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		conn := newMemConn()
+		cfg := baseConfig()
+		cfg.NewClientRate = -1 // isolate the broadcast cap
+		s, err := newServer(conn, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newAttacker(t, s, conn)
+		renewer := a.dora(1000) // 2 broadcasts
+		offers := 0
+		for i := range 20 {
+			s.handlePacket(discover(i).ToBytes())
+			if m := a.reply(); m != nil {
+				offers++
+			}
+		}
+		// 8 tokens left after client 1000: OFFERs while at least 2 remain.
+		if offers != 7 {
+			t.Fatalf("%d OFFERs at one instant, want 7 (burst 10, 2 used, 1 kept for an ACK)", offers)
+		}
+		s.handlePacket(request(0, dhcpv4.WithOption(dhcpv4.OptServerIdentifier(ip4("192.168.30.1"))),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip4("192.168.30.11")))).ToBytes())
+		if m := a.reply(); m == nil || m.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("the ACK for an OFFERed client was not sent: %v", m)
+		}
+		if m := a.renew(1000, renewer.YourIPAddr); m == nil || m.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("unicast renewal held back by the broadcast cap: %v", m)
+		}
+		if st := s.Stats(); st.BroadcastLimited != 13 || st.Offer != 8 || st.Ack != 3 {
+			t.Fatalf("stats: %+v", st)
+		}
+		time.Sleep(time.Second) // 10 more tokens
+		if a.dora(2000) == nil {
+			t.Fatal("no OFFER after the budget refilled")
+		}
+	})
+}
+
+// TestProbePacing: conflict probes (each an ARP resolution of up to three
+// broadcasts) start at most probeBurst at once and probeRate per second.
+func TestProbePacing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		conn := newMemConn()
+		cfg := baseConfig()
+		cfg.NewClientRate, cfg.MaxBroadcastReplies = -1, -1
+		var probes int
+		var mu sync.Mutex
+		cfg.Probe = func(ctx context.Context, ip netip.Addr) (bool, error) {
+			mu.Lock()
+			probes++
+			mu.Unlock()
+			return false, nil
+		}
+		s, err := New(conn, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for i := range 30 {
+			conn.in <- discover(i).ToBytes()
+		}
+		synctest.Wait()
+		mu.Lock()
+		n := probes
+		mu.Unlock()
+		if st := s.Stats(); n != probeBurst || st.Offer != probeBurst || st.ProbeBusy != 30-probeBurst {
+			t.Fatalf("%d probes, stats %+v; want %d probes and OFFERs, the rest ProbeBusy", n, st, probeBurst)
+		}
+		time.Sleep(time.Second)
+		for i := 100; i < 110; i++ {
+			conn.in <- discover(i).ToBytes()
+		}
+		synctest.Wait()
+		mu.Lock()
+		n = probes
+		mu.Unlock()
+		if n != probeBurst+probeRate {
+			t.Fatalf("%d probes after 1 s more, want %d", n, probeBurst+probeRate)
+		}
+	})
 }

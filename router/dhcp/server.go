@@ -26,13 +26,14 @@ type Stats struct {
 	Declined           uint64 // addresses quarantined after a DECLINE
 	ProbeInUse         uint64 // fresh addresses a Probe found in use (quarantined)
 	ProbeErrors        uint64 // Probe calls that failed (address treated as free)
-	ProbeBusy          uint64 // DISCOVERs dropped because all probe slots were busy
+	ProbeBusy          uint64 // DISCOVERs dropped because all probe slots were busy or over the probe rate
 	IgnoredOtherServer uint64 // REQUESTs for another server (our offer withdrawn)
 	WriteErrors        uint64
 	ReadErrors         uint64
 	SaveErrors         uint64 // failed StateFile writes
 	// Starvation defence (guard.go).
 	RateLimited        uint64 // requests of new clients dropped by the new-client rate cap
+	BroadcastLimited   uint64 // broadcast replies (and DISCOVERs needing one) dropped by MaxBroadcastReplies
 	ProbationGranted   uint64 // bindings given a probation lease
 	ProbationConfirmed uint64 // probation leases renewed in time (upgraded to LeaseTime)
 	// Gauges.
@@ -49,7 +50,7 @@ type counters struct {
 	offer, ack, nak                                      atomic.Uint64
 	exhausted, declined, probeInUse, probeErr, probeBusy atomic.Uint64
 	otherServer, writeErr, readErr, saveErr              atomic.Uint64
-	rateLimited, probation, confirmed                    atomic.Uint64
+	rateLimited, probation, confirmed, bcastLimited      atomic.Uint64
 }
 
 // Server is a DHCPv4 server on one PacketConn (bound to port 67, able to
@@ -65,7 +66,10 @@ type Server struct {
 	mu   sync.Mutex // guards pool
 	pool *pool
 
-	wmu sync.Mutex // serialises conn writes (serve loop and probe goroutines)
+	wmu   sync.Mutex // serialises conn writes (serve loop and probe goroutines)
+	bcast *bucket    // broadcast replies (guarded by wmu); nil: unlimited
+	// probes paces conflict probes (guarded by mu); see guard.go.
+	probes *bucket
 
 	c        counters
 	probeSem chan struct{}
@@ -104,6 +108,7 @@ func newServer(conn net.PacketConn, cfg Config) (*Server, error) {
 	s := &Server{
 		conn: conn, cfg: cfg, d: d, log: d.log, rl: newRateLog(d.now),
 		pool: newPool(d), probeSem: make(chan struct{}, maxProbes), saveCh: make(chan struct{}, 1),
+		bcast: newBucket(d.bcastRate, d.bcastBurst), probes: newBucket(probeRate, probeBurst),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Probe != nil {
@@ -161,7 +166,7 @@ func (s *Server) Stats() Stats {
 		ProbeInUse: c.probeInUse.Load(), ProbeErrors: c.probeErr.Load(), ProbeBusy: c.probeBusy.Load(),
 		IgnoredOtherServer: c.otherServer.Load(), WriteErrors: c.writeErr.Load(),
 		ReadErrors: c.readErr.Load(), SaveErrors: c.saveErr.Load(),
-		RateLimited: c.rateLimited.Load(), ProbationGranted: c.probation.Load(), ProbationConfirmed: c.confirmed.Load(),
+		RateLimited: c.rateLimited.Load(), BroadcastLimited: c.bcastLimited.Load(), ProbationGranted: c.probation.Load(), ProbationConfirmed: c.confirmed.Load(),
 		PoolSize: s.d.poolSize,
 	}
 	s.mu.Lock()
@@ -286,6 +291,12 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 	host := sanitizeHostname(req.HostName())
 	now := s.d.now()
 
+	if s.replyDest(req, false) == broadcastAddr && !s.bcastAvailable(2) {
+		// Keep a token for the ACK that follows the OFFER.
+		s.c.bcastLimited.Add(1)
+		s.rl.warn(s.log, "bcastlimit", "dhcp: broadcast reply rate reached; DISCOVER dropped", "mac", mac)
+		return
+	}
 	s.mu.Lock()
 	newClient := !s.pool.known(key, mac)
 	if newClient && !s.pool.admitNew(now) {
@@ -311,17 +322,26 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 		s.sendOffer(req, key, mac, ip)
 		return
 	}
-	select {
-	case s.probeSem <- struct{}{}:
-	default:
-		s.mu.Lock()
+	busy := true
+	s.mu.Lock()
+	if s.probes.take(now) {
+		select {
+		case s.probeSem <- struct{}{}:
+			busy = false
+		default:
+			s.probes.refund()
+		}
+	}
+	if busy {
 		s.pool.cancelOffer(key, now)
 		if newClient {
 			s.pool.refundNew()
 		}
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if busy {
 		s.c.probeBusy.Add(1)
-		s.rl.warn(s.log, "probebusy", "dhcp: all conflict probes busy; DISCOVER dropped", "mac", mac)
+		s.rl.warn(s.log, "probebusy", "dhcp: conflict probes busy or over their rate; DISCOVER dropped", "mac", mac)
 		return
 	}
 	s.wg.Add(1)
@@ -360,10 +380,16 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 		s.mu.Lock()
 		s.pool.quarantine(ip, now)
 		next, _, ok := s.pool.choose(key, mac, 0, now)
-		if ok {
+		probeOK := ok && s.probes.take(now)
+		if probeOK {
 			s.pool.offer(key, hw, cid, next, host, now)
 		}
 		s.mu.Unlock()
+		if ok && !probeOK {
+			s.c.probeBusy.Add(1)
+			s.rl.warn(s.log, "probebusy", "dhcp: conflict probes over their rate; no offer", "mac", mac)
+			return
+		}
 		if !ok {
 			s.c.exhausted.Add(1)
 			s.rl.warn(s.log, "exhausted", "dhcp: address pool exhausted", "mac", mac)
@@ -434,6 +460,13 @@ func (s *Server) handleRequest(req *dhcpv4.DHCPv4) {
 		reason = "client has a different reserved address"
 	} else if !s.pool.usable(target, key, mac, now) {
 		reason = "address not available"
+	}
+	if reason == "" && s.replyDest(req, false) == broadcastAddr && !s.bcastAvailable(1) {
+		// The ACK could not be sent: do not bind (the client retransmits).
+		s.mu.Unlock()
+		s.c.bcastLimited.Add(1)
+		s.rl.warn(s.log, "bcastlimit", "dhcp: broadcast reply rate reached; REQUEST dropped", "mac", mac)
+		return
 	}
 	if reason == "" && !s.pool.known(key, mac) && !s.pool.admitNew(now) {
 		// A binding without an OFFER (INIT-REBOOT) of a client without a
@@ -543,14 +576,31 @@ func (s *Server) replyDest(req *dhcpv4.DHCPv4, nak bool) net.Addr {
 // counted as WriteErrors.
 func (s *Server) send(req, m *dhcpv4.DHCPv4, to net.Addr, counter *atomic.Uint64) {
 	b := s.encode(req, m)
-	counter.Add(1)
 	s.wmu.Lock()
+	if to == broadcastAddr && !s.bcast.take(s.d.now()) {
+		s.wmu.Unlock()
+		s.c.bcastLimited.Add(1)
+		s.rl.warn(s.log, "bcastlimit", "dhcp: broadcast reply rate reached; reply dropped", "type", m.MessageType().String())
+		return
+	}
+	counter.Add(1)
 	_, err := s.conn.WriteTo(b, to)
 	s.wmu.Unlock()
 	if err != nil && !s.isClosed() {
 		s.c.writeErr.Add(1)
 		s.rl.warn(s.log, "write", "dhcp: send failed", "to", to.String(), "err", err)
 	}
+}
+
+// bcastAvailable reports whether n broadcast replies could be sent now.
+func (s *Server) bcastAvailable(n float64) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.bcast == nil {
+		return true
+	}
+	s.bcast.refill(s.d.now())
+	return s.bcast.tokens >= n
 }
 
 // changed schedules a state save and tells Config.OnChange.

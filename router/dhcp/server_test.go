@@ -447,7 +447,8 @@ func TestProbeInUseSkipped(t *testing.T) {
 }
 
 func TestLargePool16(t *testing.T) {
-	cfg := Config{ServerIP: netip.MustParseAddr("10.0.0.1"), Subnet: netip.MustParsePrefix("10.0.0.0/16")}
+	cfg := Config{ServerIP: netip.MustParseAddr("10.0.0.1"), Subnet: netip.MustParsePrefix("10.0.0.0/16"),
+		MaxBroadcastReplies: -1} // 600 clients at one instant of the fake clock
 	h := start(t, cfg)
 	seen := map[string]bool{}
 	const n = 600 // crosses several /24 boundaries
@@ -589,7 +590,8 @@ func FuzzHandlePacket(f *testing.F) {
 
 func BenchmarkDHCPDiscoverAck(b *testing.B) {
 	conn := newMemConn()
-	cfg := Config{ServerIP: netip.MustParseAddr("10.0.0.1"), Subnet: netip.MustParsePrefix("10.0.0.0/16")}
+	cfg := Config{ServerIP: netip.MustParseAddr("10.0.0.1"), Subnet: netip.MustParsePrefix("10.0.0.0/16"),
+		MaxBroadcastReplies: -1, NewClientRate: -1}
 	s, err := newServer(conn, cfg)
 	if err != nil {
 		b.Fatal(err)
