@@ -165,23 +165,27 @@ func (r *readyReader) readNow() (data []byte, release func(), ready bool, err er
 	return data, release, true, err
 }
 
-// nowReader is a chunkReader that does not wait: ready is false (and
-// nothing else set) when the source has nothing to read.
-type nowReader func() (data []byte, release func(), ready bool, err error)
+// streamSource is what a TCP copy reads: chunks held in a pool buffer
+// until release. readNow does not wait (ready false: nothing to read); only
+// some sources support it (see newStreamSource). put gives back a buffer
+// still held.
+type streamSource interface {
+	read() (data []byte, release func(), err error)
+	readNow() (data []byte, release func(), ready bool, err error)
+	put()
+}
 
-// newStreamReader is newChunkReader for a stream, plus a reader that does
-// not wait where src supports one (host sockets, netstack's accepted TCP
-// conns; readNow is nil for others).
-func newStreamReader(src net.Conn, pool *sync.Pool) (read chunkReader, readNow nowReader, free func()) {
+// newStreamSource returns the reader for a stream: a pooledReader for a
+// host socket, a readyReader for netstack's accepted TCP conns (both can
+// poll: readNow works), and a streamReader for other conns (which cannot).
+func newStreamSource(src net.Conn, pool *sync.Pool) (s streamSource, canPoll bool) {
 	if pr := newPooledReader(src, pool, true); pr != nil {
-		return pr.read, pr.readNow, pr.put
+		return pr, true
 	}
 	if rw, ok := src.(readWaiter); ok {
-		rr := newReadyReader(rw, pool)
-		return rr.read, rr.readNow, rr.put
+		return newReadyReader(rw, pool), true
 	}
-	read, free = newChunkReader(src, pool, true)
-	return read, nil, free
+	return &streamReader{c: src, pool: pool, small: make([]byte, smallReadSize)}, false
 }
 
 // chunkReader yields the next chunk (TCP) or datagram (UDP) read from a
@@ -267,6 +271,14 @@ func (s *streamReader) read() ([]byte, func(), error) {
 	}
 	return (*s.big)[:n], noRelease, err
 }
+
+// readNow is read: a streamReader cannot poll.
+func (s *streamReader) readNow() ([]byte, func(), bool, error) {
+	data, release, err := s.read()
+	return data, release, true, err
+}
+
+func (s *streamReader) put() { s.free() }
 
 func (s *streamReader) free() {
 	if s.big != nil {

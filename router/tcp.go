@@ -132,30 +132,46 @@ func (r *Router) spliceTCP(f *flow, client netstack.TCPConn, host net.Conn) {
 // have finished and the flow is closed. It must be called inside an enter
 // section (it adds to r.wg).
 func (r *Router) startSpliceTCP(f *flow, client netstack.TCPConn, host net.Conn, ended func()) {
-	closeBoth := func() {
-		client.Close()
-		host.Close()
-	}
-	stop := r.onEnd(f, closeBoth)
-	idle := r.startIdleTimer(f, r.cfg.TCPIdleTimeout)
-	var pending atomic.Int32
-	pending.Store(2)
-	done := func() {
-		if pending.Add(-1) == 0 {
-			idle.stop()
-			stop()
-			closeBoth()
-			r.finish(f, reasonFIN)
-			if ended != nil {
-				ended()
-			}
+	s := &tcpSplice{r: r, f: f, client: client, host: host, ended: ended}
+	s.pending.Store(2)
+	s.in.init(s, client, host, false)
+	s.out.init(s, host, client, true)
+	s.stop = r.onEnd(f, s.closeBoth)
+	s.idle = r.startIdleTimer(f, r.cfg.TCPIdleTimeout)
+	r.wg.Add(2)
+	go s.in.run(false)
+	s.out.start()
+}
+
+// tcpSplice is a TCP flow's two copies, in one allocation.
+type tcpSplice struct {
+	r       *Router
+	f       *flow
+	client  netstack.TCPConn
+	host    net.Conn
+	ended   func() // may be nil
+	stop    func() // ends the onEnd registration
+	idle    *idleTimer
+	pending atomic.Int32 // copies still running
+	in, out tcpCopy      // host→client, client→host
+}
+
+func (s *tcpSplice) closeBoth() {
+	s.client.Close()
+	s.host.Close()
+}
+
+// copyDone is called by each copy when it finishes.
+func (s *tcpSplice) copyDone() {
+	if s.pending.Add(-1) == 0 {
+		s.idle.stop()
+		s.stop()
+		s.closeBoth()
+		s.r.finish(s.f, reasonFIN)
+		if s.ended != nil {
+			s.ended()
 		}
 	}
-	in := r.newTCPCopy(f, client, host, false, done)
-	out := r.newTCPCopy(f, host, client, true, done)
-	r.wg.Add(2)
-	go in.run(false)
-	out.start()
 }
 
 // tcpCopy is one direction of a TCP flow: it copies src to dst until EOF
@@ -174,27 +190,23 @@ func (r *Router) startSpliceTCP(f *flow, client netstack.TCPConn, host net.Conn,
 // which stays shallow. Either way a goroutine is started once per burst of
 // data, not per chunk.
 type tcpCopy struct {
-	r        *Router
-	f        *flow
-	dst      net.Conn
-	read     chunkReader
-	readNow  nowReader  // nil: src cannot be polled; one goroutine does it all
-	notify   readWaiter // nil: src cannot call back
-	free     func()
-	out      bool // client→host
-	finished func()
+	s      *tcpSplice
+	dst    net.Conn
+	src    streamSource
+	poll   bool       // src.readNow works; otherwise one goroutine does it all
+	notify readWaiter // nil: src cannot call back
+	out    bool       // client→host
 
 	armed      atomic.Bool // idle, no goroutine: the callback starts one
 	stopNotify func()
 }
 
-func (r *Router) newTCPCopy(f *flow, dst, src net.Conn, out bool, finished func()) *tcpCopy {
-	read, readNow, free := newStreamReader(src, &tcpBufPool)
-	c := &tcpCopy{r: r, f: f, dst: dst, read: read, readNow: readNow, free: free, out: out, finished: finished}
-	if rw, ok := src.(readWaiter); ok && readNow != nil {
+func (c *tcpCopy) init(s *tcpSplice, dst, src net.Conn, out bool) {
+	c.s, c.dst, c.out = s, dst, out
+	c.src, c.poll = newStreamSource(src, &tcpBufPool)
+	if rw, ok := src.(readWaiter); ok && c.poll {
 		c.notify = rw
 	}
-	return c
 }
 
 // start runs the copy: armed if src can call back, else in a goroutine.
@@ -228,7 +240,7 @@ func (c *tcpCopy) idle() {
 // poll: begin with a read that does not wait (the goroutine was started
 // for data that may already be gone).
 func (c *tcpCopy) run(poll bool) {
-	f := c.f
+	f, r := c.s.f, c.s.r
 	bytes, packets := &f.bytesIn, &f.packetsIn
 	if c.out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
@@ -239,9 +251,9 @@ func (c *tcpCopy) run(poll bool) {
 			release func()
 			err     error
 		)
-		if poll && c.readNow != nil {
+		if poll && c.poll {
 			var ready bool
-			data, release, ready, err = c.readNow()
+			data, release, ready, err = c.src.readNow()
 			if !ready {
 				if c.notify != nil {
 					c.idle()
@@ -253,13 +265,13 @@ func (c *tcpCopy) run(poll bool) {
 				return
 			}
 		} else {
-			data, release, err = c.read()
+			data, release, err = c.src.read()
 		}
 		if len(data) > 0 {
 			poll = true
 			// Count before writing, so that whoever sees the data also
 			// sees it counted.
-			f.touch(c.r.now())
+			f.touch(r.now())
 			bytes.Add(uint64(len(data)))
 			packets.Add(1)
 			_, werr := c.dst.Write(data)
@@ -298,9 +310,9 @@ func (c *tcpCopy) end() {
 	if c.stopNotify != nil {
 		c.stopNotify()
 	}
-	c.free()
-	c.finished()
-	c.r.wg.Done()
+	c.src.put()
+	c.s.copyDone()
+	c.s.r.wg.Done()
 }
 
 // connError turns a data-path error into a flow close cause: a reset is
