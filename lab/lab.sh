@@ -136,6 +136,7 @@ PKG_CHECKS=(
 	"iproute2:ip" "iproute2:ss" "iperf3:iperf3" "curl:curl" "busybox:busybox" "dnsmasq-base:dnsmasq"
 	"ethtool:ethtool" "procps:sysctl" "procps:pgrep" "util-linux:unshare" "util-linux:setpriv" "mount:mount"
 	"iputils-ping:ping" "socat:socat" "bind9-dnsutils:dig" "coreutils:timeout"
+	"ndisc6:rdisc6" "isc-dhcp-client:dhclient"
 )
 missing_pkgs() {
 	local kv pkg bin out=()

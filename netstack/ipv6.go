@@ -102,14 +102,18 @@ func (st *Stack) isForeignUnicast6(a tcpip.Address) bool {
 }
 
 // validClientSrc6 reports whether a is an acceptable IPv6 flow source: a
-// global or unique-local unicast address other than ours. Link-local
-// sources never leave the link (RFC 4291 §2.5.6).
+// unicast address other than ours, link-local included. A router must not
+// forward link-local sources (RFC 4291 §2.5.6), but flows end here and leave
+// from the host's own address, and replies come back on the link. Linux
+// picks its link-local address as the source when its global one is still
+// tentative (duplicate address detection, about a second after an RA):
+// dropping those SYNs made the connection hang for its whole timeout.
 func (st *Stack) validClientSrc6(a tcpip.Address) bool {
 	if st.v6 == nil || a.Len() != 16 || st.v6.isOwn(a) {
 		return false
 	}
 	ip := netipAddr(a)
-	return ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() && !ip.Is4In6()
+	return (ip.IsGlobalUnicast() || ip.IsLinkLocalUnicast()) && !ip.Is4In6()
 }
 
 // filterIPv6 decides an inbound IPv6 packet (p, after the Ethernet header)

@@ -443,3 +443,32 @@ func TestIPv6RejectSendsICMPv6(t *testing.T) {
 		t.Errorf("ICMPErrorsSent %d TCPRejected %d, want ≥ 2 each", s.ICMPErrorsSent, s.TCPRejected)
 	}
 }
+
+func TestIPv6LinkLocalSourceFlow(t *testing.T) {
+	// A client whose global address is still tentative connects from its
+	// link-local address; the flow must work, not be dropped.
+	r := newRaw(t, netstack.Config{Addr6: routerPfx6})
+	got := make(chan netip.AddrPort, 1)
+	r.st.SetUDPHandler(func(q *netstack.UDPRequest) {
+		got <- q.Src
+		q.Reject(netstack.RejectPortUnreachable)
+	})
+	u := make([]byte, 9)
+	binary.BigEndian.PutUint16(u[0:], 4000)
+	binary.BigEndian.PutUint16(u[2:], 53)
+	binary.BigEndian.PutUint16(u[4:], 9)
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, tcpip.AddrFrom16(hostLL.As16()), tcpip.AddrFrom16(foreign6.As16()), 9)
+	binary.BigEndian.PutUint16(u[6:], ^checksum.Checksum(u, xsum))
+	r.send(ethFrame(routerMAC, hostMAC, header.IPv6ProtocolNumber, ip6Packet(hostLL, foreign6, header.UDPProtocolNumber, 64, u)))
+	if src := <-got; src.Addr() != hostLL {
+		t.Fatalf("flow from %v, want %v", src, hostLL)
+	}
+	// The port unreachable goes back from the router's link-local address.
+	hit, _ := r.expect("ICMPv6 unreachable", func(f []byte) bool {
+		_, m, ok := icmp6Of(f)
+		return ok && m[0] == 1
+	})
+	if ip, m, _ := icmp6Of(hit); m[1] != 4 || ip.SourceAddress() != tcpip.AddrFrom16(routerLL.As16()) {
+		t.Errorf("unreachable code %d from %v", m[1], ip.SourceAddress())
+	}
+}
