@@ -303,22 +303,34 @@ type victim struct {
 	ok, fail int
 	errs     []string
 	slowest  time.Duration
+	slow     []string // requests over slowRequest: when, dial and total time
 	stop     chan struct{}
 	done     chan struct{}
 }
 
 func startVictim(ctx context.Context) *victim {
 	v := &victim{stop: make(chan struct{}), done: make(chan struct{})}
-	dial := DialInNS(lab.NSCLab)
+	inNS := DialInNS(lab.NSCLab)
 	go func() {
 		defer close(v.done)
 		for {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			t0 := time.Now()
+			var dialTime time.Duration
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				t := time.Now()
+				c, err := inNS(ctx, network, addr)
+				dialTime = time.Since(t)
+				return c, err
+			}
 			line, err := httpFirstLine(rctx, dial)
 			d := time.Since(t0)
 			cancel()
 			v.mu.Lock()
+			if d > slowRequest && len(v.slow) < 5 {
+				v.slow = append(v.slow, fmt.Sprintf("%s: dial %v, total %v (%v)", t0.Format("15:04:05.000"),
+					dialTime.Round(time.Millisecond), d.Round(time.Millisecond), err))
+			}
 			if err == nil && line == lab.HTTPFirstLine {
 				v.ok++
 			} else {
@@ -341,12 +353,16 @@ func startVictim(ctx context.Context) *victim {
 	return v
 }
 
+// slowRequest is the time over which a request of the second client is
+// logged with its details (a LAN page fetch takes a few milliseconds).
+const slowRequest = time.Second
+
 // take returns and resets the counts.
-func (v *victim) take() (ok, fail int, slowest time.Duration, errs []string) {
+func (v *victim) take() (ok, fail int, slowest time.Duration, errs, slow []string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	ok, fail, slowest, errs = v.ok, v.fail, v.slowest, v.errs
-	v.ok, v.fail, v.slowest, v.errs = 0, 0, 0, nil
+	ok, fail, slowest, errs, slow = v.ok, v.fail, v.slowest, v.errs, v.slow
+	v.ok, v.fail, v.slowest, v.errs, v.slow = 0, 0, 0, nil, nil
 	return
 }
 
@@ -415,7 +431,7 @@ func TestFloodsInterop(t *testing.T) {
 		m1 := a.metrics(t, ctx)
 		peak := rss.peak()
 		fds, _ := countFDs(a.pid())
-		ok, fail, slow, errs := v.take()
+		ok, fail, slow, errs, slowReqs := v.take()
 		var diffs []string
 		for k, x := range m1 {
 			if d := x - m0[k]; d != 0 && !strings.HasPrefix(k, "go_") && !strings.HasPrefix(k, "process_") && !strings.HasPrefix(k, "acrouter_hub_frames_total") && !strings.HasPrefix(k, "acrouter_hub_bytes_total") {
@@ -424,6 +440,10 @@ func TestFloodsInterop(t *testing.T) {
 		}
 		t.Logf("%s: %d frames in %v (%.0f/s); acrouter peak RSS %.1f MiB, %d fds after; second client: %d ok, %d failed, slowest %v; counters: %s",
 			name, n, sent.Round(time.Millisecond), float64(n)/sent.Seconds(), peak, fds, ok, fail, slow.Round(time.Millisecond), strings.Join(sortStrings(diffs), ", "))
+		if len(slowReqs) > 0 {
+			t.Logf("%s: second client's requests over %v: %s; acrouter's last log lines:\n%s", name, slowRequest,
+				strings.Join(slowReqs, "; "), lastLines(a.proc.Log(), 20))
+		}
 		if peak >= rssBoundMiB {
 			t.Errorf("%s: acrouter RSS peaked at %.1f MiB (bound %d MiB)", name, peak, rssBoundMiB)
 		}
@@ -526,7 +546,9 @@ func TestFloodsInterop(t *testing.T) {
 		}
 		// A new client (a MAC not in the flood) gets a lease after the
 		// flood: the new-client bucket refills one token per ~5.2 s.
-		fresh, _ := net.ParseMAC("02:ac:00:00:00:42")
+		fresh := make(net.HardwareAddr, 6) // never seen, also across -count runs (the state dir is kept)
+		rand.Read(fresh)
+		fresh[0] = fresh[0]&0xfe | 0x02
 		ip, secs, err := dhcpDORA(ctx, raw, fresh, 30*time.Second)
 		if err != nil {
 			t.Fatalf("a new client could not get a lease after the flood: %v", err)
