@@ -37,6 +37,7 @@ cleanup() {
 		for _ in $(seq 1 100); do kill -0 "$ACR_PID" 2>/dev/null || break; sleep 0.05; done
 		kill -KILL "$ACR_PID" 2>/dev/null
 	fi
+	[ -n "${V6_PID:-}" ] && kill "$V6_PID" 2>/dev/null
 	rm -rf "/etc/netns/$LAB_PREFIX-clab"
 	$LAB down >/dev/null 2>&1
 	[ -n "$RT" ] && rm -rf "$RT"
@@ -61,19 +62,29 @@ printf '%s' "$LAB_ROUTER_PASSWORD" >"$RT/password"
 chmod 600 "$RT/password"
 mkdir -m 700 "$RT/state"
 chown "$RUN_AS" "$RT/password" "$RT/state"
+# An IPv6 LAN next to the IPv4 one: fd77::1 (LAN) and fd77::2 (the router host),
+# with a tiny HTTP responder on [fd77::1]:8080 (bounded: it exits after 120 s).
+ip -n "$LAB_PREFIX-lan" addr replace fd77::1/64 dev lanbr nodad
+ip -n "$LAB_NS_RTR" addr replace fd77::2/64 dev lan0 nodad
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello over IPv6, from the LAN\n' >"$RT/v6.http"
+chmod 644 "$RT/v6.http"
+ip netns exec "$LAB_PREFIX-lan" timeout 120 socat TCP6-LISTEN:8080,bind='[fd77::1]',fork,reuseaddr SYSTEM:"cat $RT/v6.http" >/dev/null 2>&1 &
+V6_PID=$!
+$LAB exec clab sysctl -qw net.ipv6.conf.eth0.accept_ra=1 net.ipv6.conf.eth0.disable_ipv6=0 >/dev/null
 t0=$(now_ms)
 ip netns exec "$LAB_NS_RTR" setpriv --reuid="$RUN_AS" --regid="$(id -gn "$RUN_AS" 2>/dev/null || echo nogroup)" --clear-groups --inh-caps=-all \
 	"$RT/acrouter" --server "$LAB_SERVER" --hub "$LAB_HUB" --user "$LAB_ROUTER_USER" --password-file "$RT/password" \
-	--state-dir "$RT/state" --dns-resolv-conf "$LAB_RESOLV_CONF" --status 127.0.0.1:8765 >"$RT/acrouter.log" 2>&1 &
+	--state-dir "$RT/state" --dns-resolv-conf "$LAB_RESOLV_CONF" --status 127.0.0.1:8765 \
+	--ipv6-default-route on >"$RT/acrouter.log" 2>&1 &
 ACR_PID=$!
 for _ in $(seq 1 300); do
-	grep -q 'virtual host up' "$RT/acrouter.log" && break
+	grep -qs 'virtual host up' "$RT/acrouter.log" && break
 	kill -0 "$ACR_PID" 2>/dev/null || fail "acrouter exited"
 	sleep 0.05
 done
 grep -q 'virtual host up' "$RT/acrouter.log" || fail "acrouter did not come up within 15 s"
 info "acrouter pid $ACR_PID runs as $(ps -o user= -p "$ACR_PID"), joined the hub in $(($(now_ms) - t0)) ms:"
-grep -E 'joined the hub|virtual host up' "$RT/acrouter.log" | sed 's/^time=[^ ]* //; s/^/      /'
+grep -E 'joined the hub|IPv6 on the hub|virtual host up' "$RT/acrouter.log" | sed 's/^time=[^ ]* //; s/^/      /'
 
 say "Client namespace $LAB_NS_CLAB (bridged into hub $LAB_HUB) asks for a DHCP lease"
 lease=$($LAB dhcp clab) || fail "no DHCP lease"
@@ -94,6 +105,21 @@ t0=$(now_ms)
 page=$($LAB exec clab curl -sS -m 10 "http://www.$LAB_DNS_ZONE:$LAB_HTTP_PORT/") || fail "HTTP fetch failed"
 info "first line of the page: \"$(printf '%s\n' "$page" | head -1)\" ($(($(now_ms) - t0)) ms)"
 
+say "The client's kernel configures IPv6 from acrouter's router advertisement (SLAAC) and fetches from the IPv6 LAN"
+$LAB exec clab rdisc6 -1 -w 2000 eth0 >/dev/null 2>&1 || true # an RS now instead of waiting for the next periodic RA
+t0=$(now_ms)
+addr6=""
+for _ in $(seq 1 100); do
+	addr6=$($LAB exec clab ip -6 -o addr show dev eth0 scope global -tentative | awk '{print $4; exit}')
+	[ -n "$addr6" ] && break
+	sleep 0.1
+done
+[ -n "$addr6" ] || fail "no IPv6 address from acrouter's router advertisement within 10 s"
+info "SLAAC address $addr6, default route: $($LAB exec clab ip -6 route show default | head -1) ($(($(now_ms) - t0)) ms)"
+t0=$(now_ms)
+page6=$($LAB exec clab curl -6 -sS -m 10 "http://[fd77::1]:8080/") || fail "HTTP over IPv6 failed"
+info "http://[fd77::1]:8080/ says \"$(printf '%s\n' "$page6" | tail -1)\" ($(($(now_ms) - t0)) ms)"
+
 say "acrouter's view (acrouter status)"
 ip netns exec "$LAB_NS_RTR" "$RT/acrouter" status --status 127.0.0.1:8765 | sed 's/^/    /'
 
@@ -104,4 +130,5 @@ for _ in $(seq 1 200); do kill -0 "$ACR_PID" 2>/dev/null || break; sleep 0.05; d
 kill -0 "$ACR_PID" 2>/dev/null && fail "acrouter did not stop within 10 s"
 info "stopped in $(($(now_ms) - t0)) ms: $(tail -1 "$RT/acrouter.log" | sed 's/^time=[^ ]* //')"
 ACR_PID=""
-printf '\n\033[1;32mdemo OK\033[0m: a client on the hub got its address from acrouter and reached the LAN through it.\n'
+kill "$V6_PID" 2>/dev/null || true
+printf '\n\033[1;32mdemo OK\033[0m: a client on the hub got its addresses (DHCP, SLAAC) from acrouter and reached the LAN through it over IPv4 and IPv6.\n'

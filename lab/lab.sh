@@ -631,10 +631,10 @@ udhcpc_script() {
 #!/bin/sh
 # udhcpc event script (acrouter lab.sh): configure eth0 and print the lease
 case "$1" in
-deconfig) ip addr flush dev "$interface"; exit 0 ;;
+deconfig) ip -4 addr flush dev "$interface"; exit 0 ;; # IPv4 only: keep IPv6 (link-local, SLAAC)
 bound|renew)
 	pfx=$(awk -v m="$mask" 'BEGIN{if (m ~ /\./) {n=split(m,a,"."); c=0; for(i=1;i<=n;i++){x=a[i]+0; while(x>0){c+=x%2; x=int(x/2)}} print c} else print m}')
-	ip addr flush dev "$interface"
+	ip -4 addr flush dev "$interface"
 	ip addr add "$ip/$pfx" dev "$interface"
 	[ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
 	printf 'LEASE_IP=%s\nLEASE_PREFIX=%s\nLEASE_ROUTER=%s\nLEASE_DNS=%s\nLEASE_DOMAIN=%s\nLEASE_TIME=%s\nLEASE_SERVER=%s\nLEASE_MTU=%s\n' \
@@ -653,7 +653,7 @@ cmd_dhcp() {
 	udhcpc_script >"$LAB_STATE/bin/udhcpc.sh"; chmod 755 "$LAB_STATE/bin/udhcpc.sh"
 	local lease="$LAB_STATE/lease-$which.env" t0 rc=0
 	rm -f "$lease"
-	ip -n "$ns" addr flush dev eth0
+	ip -n "$ns" -4 addr flush dev eth0 # IPv4 only: the IPv6 link-local and SLAAC addresses stay
 	ip -n "$ns" route flush table main
 	t0=$(now_ms)
 	LEASE_FILE="$lease" timeout -k 2 "$((LAB_DHCP_TIMEOUT + 2))" ip netns exec "$ns" busybox udhcpc -f -q -n \
