@@ -347,7 +347,14 @@ func (a *app) start() error {
 			// made every fresh lease take over a second.
 			ProbeTimeout: 250 * time.Millisecond,
 			OnChange:     a.publishLeaseNames,
-			Logger:       a.log.With("component", "dhcp"),
+			// Starvation defence: our 0 means off where the library's 0
+			// means its default.
+			NewClientRate:       cfg.DHCP.NewClientRate,
+			NewClientBurst:      cfg.DHCP.NewClientBurst,
+			ProbationLease:      offIfZero(cfg.DHCP.ProbationLease.Duration),
+			MaxBroadcastReplies: offIfZeroF(cfg.DHCP.MaxBroadcastReplies),
+			OfferHold:           cfg.DHCP.OfferHold.Duration,
+			Logger:              a.log.With("component", "dhcp"),
 		})
 		if err != nil {
 			conn.Close()
@@ -366,6 +373,20 @@ func (a *app) start() error {
 	a.log.Info("virtual host up", "ip", set.RouterPrefix.String(), "mac", a.mac.String(),
 		"dhcp", cfg.DHCP.Enabled, "dns", cfg.DNS.Enabled, "ipv6", a.ipv6.prefix.IsValid(), "max_sessions", cfg.Router.MaxSessions)
 	return nil
+}
+
+func offIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func offIfZeroF(f float64) float64 {
+	if f == 0 {
+		return -1
+	}
+	return f
 }
 
 // publishLeaseNames makes the host names of DHCP clients resolvable through

@@ -156,6 +156,13 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Ack, "type", "ack")
 		counter("acrouter_dhcp_sent_total", "DHCP replies sent, by type.", ds.Nak, "type", "nak")
 		counter("acrouter_dhcp_pool_exhausted_total", "DISCOVERs that found no free address.", ds.PoolExhausted)
+		counter("acrouter_dhcp_rate_limited_total", "Requests of new clients dropped by the new-client rate cap (starvation defence).", ds.RateLimited)
+		counter("acrouter_dhcp_broadcast_limited_total", "Broadcast replies (and DISCOVERs needing one) dropped to stay under the hub's broadcast storm filter.", ds.BroadcastLimited)
+		counter("acrouter_dhcp_probe_busy_total", "DISCOVERs dropped because the conflict-probe budget was spent.", ds.ProbeBusy)
+		counter("acrouter_dhcp_probation_total", "Probation leases granted and confirmed by a renewal.", ds.ProbationGranted, "kind", "granted")
+		counter("acrouter_dhcp_probation_total", "Probation leases granted and confirmed by a renewal.", ds.ProbationConfirmed, "kind", "confirmed")
+		gauge("acrouter_dhcp_pool_free", "Pool addresses assignable to a new client now.", float64(ds.PoolFree))
+		gauge("acrouter_dhcp_pool_size", "Addresses in the dynamic pool.", float64(ds.PoolSize))
 		gauge("acrouter_dhcp_leases", "Bound DHCP leases.", float64(ds.BoundLeases))
 	}
 	if a.dhcp6 != nil {

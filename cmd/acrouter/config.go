@@ -83,6 +83,13 @@ type dhcpConfig struct {
 	MTU          int      `toml:"mtu"`
 	Routes       []string `toml:"routes"`       // "10.0.0.0/8 via 192.168.30.1"
 	Reservations []string `toml:"reservations"` // "02:00:00:00:00:01=192.168.30.20"
+
+	// Starvation defence (router/dhcp guard.go).
+	NewClientRate       float64  `toml:"new_client_rate"`       // new clients per second; 0: derived from the pool; -1: no cap
+	NewClientBurst      int      `toml:"new_client_burst"`      // 0: derived from the pool
+	ProbationLease      duration `toml:"probation_lease"`       // 0: no probation
+	MaxBroadcastReplies float64  `toml:"max_broadcast_replies"` // per second; 0: no cap
+	OfferHold           duration `toml:"offer_hold"`
 }
 
 type dnsConfig struct {
@@ -150,8 +157,11 @@ func defaultConfig() config {
 			DNSIdleTimeout:       duration{10 * time.Second},
 		},
 		DHCP: dhcpConfig{
-			Enabled:   true,
-			LeaseTime: duration{7200 * time.Second},
+			Enabled:             true,
+			LeaseTime:           duration{7200 * time.Second},
+			ProbationLease:      duration{90 * time.Second},
+			MaxBroadcastReplies: 10,
+			OfferHold:           duration{30 * time.Second},
 		},
 		DNS: dnsConfig{
 			Enabled:    true,
@@ -219,6 +229,10 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 		fs.Var(p, name, usage)
 		docs = append(docs, flagDoc{name, key})
 	}
+	flt := func(p *float64, name, key, usage string) {
+		fs.Float64Var(p, name, *p, usage)
+		docs = append(docs, flagDoc{name, key})
+	}
 	list := func(p *[]string, name, key, usage string) {
 		fs.Var((*listFlag)(p), name, usage+" (repeatable)")
 		docs = append(docs, flagDoc{name, key})
@@ -270,6 +284,11 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	num(&d.MTU, "dhcp-mtu", "dhcp.mtu", "interface MTU handed out (option 26; 0 = none)")
 	list(&d.Routes, "dhcp-route", "dhcp.routes", "classless static route \"PREFIX via GATEWAY\" (options 121 and 249)")
 	list(&d.Reservations, "dhcp-reserve", "dhcp.reservations", "reservation \"MAC=IP\"")
+	flt(&d.NewClientRate, "dhcp-new-client-rate", "dhcp.new_client_rate", "new DHCP clients served per second (starvation defence; 0 = derived from the pool size, -1 = no cap)")
+	num(&d.NewClientBurst, "dhcp-new-client-burst", "dhcp.new_client_burst", "burst of new DHCP clients (0 = pool size / 8, at least 4)")
+	dur(&d.ProbationLease, "dhcp-probation-lease", "dhcp.probation_lease", "lease time of bindings beyond the full-lease budget until their first renewal (0 = no probation)")
+	flt(&d.MaxBroadcastReplies, "dhcp-max-broadcast-replies", "dhcp.max_broadcast_replies", "DHCP broadcast replies per second (keeps under SoftEther's broadcast storm filter; 0 = no cap)")
+	dur(&d.OfferHold, "dhcp-offer-hold", "dhcp.offer_hold", "how long an offered address stays reserved for its client")
 
 	n := &cfg.DNS
 	boolean(&n.Enabled, "dns", "dns.enabled", "run the DNS redirector on the router address")
@@ -568,6 +587,17 @@ func (c *config) validate(needHub bool) (settings, error) {
 		bad("dhcp.pool_end (--dhcp-pool-end)", s.PoolEnd, "an address not below dhcp.pool_start "+s.PoolStart.String())
 	}
 	durRange("dhcp.lease_time (--dhcp-lease-time)", c.DHCP.LeaseTime, time.Minute, 365*24*time.Hour)
+	if r := c.DHCP.NewClientRate; r != -1 && (r < 0 || r > 10000) {
+		bad("dhcp.new_client_rate (--dhcp-new-client-rate)", r, "0 (derived from the pool), -1 (no cap) or up to 10000 per second")
+	}
+	intRange("dhcp.new_client_burst (--dhcp-new-client-burst)", c.DHCP.NewClientBurst, 0, 1<<20)
+	if c.DHCP.ProbationLease.Duration != 0 {
+		durRange("dhcp.probation_lease (--dhcp-probation-lease)", c.DHCP.ProbationLease, 30*time.Second, 24*time.Hour)
+	}
+	if r := c.DHCP.MaxBroadcastReplies; r < 0 || r > 100000 {
+		bad("dhcp.max_broadcast_replies (--dhcp-max-broadcast-replies)", r, "0 (no cap) or up to 100000 per second")
+	}
+	durRange("dhcp.offer_hold (--dhcp-offer-hold)", c.DHCP.OfferHold, 5*time.Second, 10*time.Minute)
 	for _, v := range c.DHCP.DNS {
 		a, err := netip.ParseAddr(v)
 		if err != nil || !a.Is4() {

@@ -225,3 +225,54 @@ func TestProxyConfig(t *testing.T) {
 	}
 	d.Close()
 }
+
+func TestIPv6AndStarvationKeys(t *testing.T) {
+	file := `
+[hub]
+server = "vpn.example.com:443"
+hub = "H"
+user = "u"
+[dhcp]
+new_client_rate = 0.5
+probation_lease = "0s"
+max_broadcast_replies = 0
+[ipv6]
+prefix = "fd12:3456:789a::1/64"
+default_route = "off"
+dhcpv6 = "stateful"
+`
+	cfg, err := parseForTest(t, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cfg.validate(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.IPv6Prefix != netip.MustParsePrefix("fd12:3456:789a::1/64") || cfg.IPv6.DefaultRoute != "off" || cfg.IPv6.DHCPv6 != "stateful" || !cfg.IPv6.Enabled {
+		t.Errorf("ipv6: %+v %v", cfg.IPv6, s.IPv6Prefix)
+	}
+	if cfg.DHCP.NewClientRate != 0.5 || offIfZero(cfg.DHCP.ProbationLease.Duration) != -1 || offIfZeroF(cfg.DHCP.MaxBroadcastReplies) != -1 {
+		t.Errorf("dhcp: %+v", cfg.DHCP)
+	}
+	for _, tt := range []struct{ args, want string }{
+		{"--ipv6-prefix fd12::1/48", "ipv6.prefix (--ipv6-prefix) = \"fd12::1/48\": expected a /64"},
+		{"--ipv6-prefix fe80::1/64", "expected a unique local (fc00::/7) or global unicast address"},
+		{"--ipv6-prefix fd12::/64", "not the prefix itself"},
+		{"--ipv6-prefix 10.0.0.1/24", "expected an IPv6 address with prefix length"},
+		{"--ipv6-default-route maybe", "ipv6.default_route (--ipv6-default-route) = \"maybe\": expected auto, on or off"},
+		{"--dhcpv6 full", "ipv6.dhcpv6 (--dhcpv6) = \"full\": expected off, stateless or stateful"},
+		{"--dhcp-new-client-rate -3", "dhcp.new_client_rate"},
+		{"--dhcp-probation-lease 1s", "dhcp.probation_lease"},
+		{"--dhcpv6-lease-time 1s", "ipv6.dhcpv6_lease_time"},
+	} {
+		args := append([]string{"--server", "h:5555", "--hub", "H", "--user", "u"}, strings.Fields(tt.args)...)
+		cfg, err := parseForTest(t, "", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cfg.validate(true); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want it to contain %q", tt.args, err, tt.want)
+		}
+	}
+}
