@@ -65,14 +65,25 @@ func printStatus(w io.Writer, st statusDoc, leases []leaseDoc, flows []flowDoc) 
 		fmt.Fprintf(tw, "last error\t%s\n", st.Hub.LastError)
 	}
 	fmt.Fprintf(tw, "router\t%s  %s\n", st.Router.IP, st.Router.MAC)
+	if st.Router.IPv6 != "" {
+		dr := ""
+		if st.Router.DefaultRt6 {
+			dr = ", default router"
+		}
+		fmt.Fprintf(tw, "ipv6\t%s  %s  (DHCPv6 %s%s)\n", st.Router.IPv6, st.Router.LinkLocal6, st.Router.DHCPv6, dr)
+	}
 	fmt.Fprintf(tw, "flows\t%d open (max %d)\n", st.Router.FlowsOpen, st.Router.MaxSessions)
 	tw.Flush()
 
 	fmt.Fprintf(w, "\nDHCP leases (%d)\n", len(leases))
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IP\tMAC\tHOSTNAME\tEXPIRES")
+	fmt.Fprintln(tw, "IP\tMAC/DUID\tHOSTNAME\tEXPIRES")
 	for _, l := range leases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Hostname, l.Expires.Local().Format(time.DateTime))
+		id := l.MAC
+		if id == "" && l.DUID != "" {
+			id = "DUID " + l.DUID // a DHCPv6 binding
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.IP, id, l.Hostname, l.Expires.Local().Format(time.DateTime))
 	}
 	tw.Flush()
 
