@@ -99,6 +99,8 @@ type linkEndpoint struct {
 	stopped    atomic.Bool // set by Close: readLoop stops delivering
 
 	def defender // announcements when our MAC or address is claimed
+
+	probes probeTable // addresses ProbeAddr waits on (see probe.go)
 }
 
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
@@ -757,6 +759,7 @@ func (e *linkEndpoint) filterARP(p []byte) bool {
 		e.defend("an ARP packet claiming the router's address", net.HardwareAddr(a.HardwareAddressSender()))
 		return false
 	}
+	e.probes.seen(tcpip.AddrFrom4Slice(a.ProtocolAddressSender()))
 	switch a.Op() {
 	case header.ARPReply:
 		return true

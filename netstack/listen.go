@@ -10,7 +10,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // dhcpServerPort is the BOOTP/DHCP server port (RFC 2131 §4.1).
@@ -57,55 +56,13 @@ func (st *Stack) ListenDHCP() (net.PacketConn, error) {
 }
 
 // ProbeAddr reports whether ip (which must be inside Config.Addr's subnet and
-// not the router address) answers ARP on the hub. A neighbour-cache entry in
+// not the router address) answers ARP on the hub: a neighbour-cache entry in
 // the reachable state (confirmed within the last ~30 s) counts as an answer;
-// otherwise the entry is dropped and a fresh ARP resolution runs. It returns
-// (false, nil) when resolution fails (gVisor's default: 3 probes 1 s apart)
-// and ctx.Err() when ctx ends first.
+// otherwise it sends RFC 5227 ARP probes (sender address 0.0.0.0; two, 100
+// ms apart) and waits for any ARP packet from ip until ctx ends, then
+// returns an error wrapping ctx.Err(). See probe.go.
 func (st *Stack) ProbeAddr(ctx context.Context, ip netip.Addr) (inUse bool, err error) {
-	if !ip.Is4() || !st.pfx.Contains(ip) || ip == st.cfg.Addr.Addr() || ip == st.pfx.Addr() || ip == broadcastOf(st.pfx) {
-		return false, fmt.Errorf("netstack: probe %v: not a host address in %v other than the router", ip, st.pfx)
-	}
-	if st.closed.Load() {
-		return false, fmt.Errorf("netstack: probe %v: %w", ip, net.ErrClosed)
-	}
-	a := tcpip.AddrFrom4(ip.As4())
-	state := stack.Unknown
-	if ns, terr := st.s.Neighbors(nicID, ipv4.ProtocolNumber); terr == nil {
-		for _, n := range ns {
-			if n.Addr == a {
-				state = n.State
-			}
-		}
-	}
-	switch state {
-	case stack.Reachable, stack.Static:
-		return true, nil
-	case stack.Unknown, stack.Incomplete:
-		// No entry, or a resolution already running: join it.
-	default:
-		// Stale, Delay, Probe, Unreachable: the cached answer may be
-		// old; force a fresh resolution.
-		_ = st.s.RemoveNeighbor(nicID, ipv4.ProtocolNumber, a)
-	}
-	res := make(chan stack.LinkResolutionResult, 1)
-	terr := st.s.GetLinkAddress(nicID, a, st.addr, ipv4.ProtocolNumber, func(r stack.LinkResolutionResult) {
-		res <- r
-	})
-	switch terr.(type) {
-	case nil, *tcpip.ErrWouldBlock:
-	default:
-		return false, fmt.Errorf("netstack: probe %v: %v", ip, terr)
-	}
-	select {
-	case r := <-res:
-		if r.Err != nil {
-			return false, nil
-		}
-		return true, nil
-	case <-ctx.Done():
-		return false, fmt.Errorf("netstack: probe %v: %w", ip, ctx.Err())
-	}
+	return st.probeAddr4(ctx, ip)
 }
 
 // ListenTCP6 opens a TCP listener on the router's IPv6 address (Config.Addr6)

@@ -2,6 +2,7 @@ package netstack_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -574,4 +575,34 @@ func TestListenDHCPUnicastAndForeign(t *testing.T) {
 		t.Fatalf("ListenDHCP after Close: %v", err)
 	}
 	pc2.Close()
+}
+
+func TestProbeAddrSendsRFC5227Probes(t *testing.T) {
+	r := newRaw(t, netstack.Config{})
+	target := netip.MustParseAddr("192.168.30.77")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() {
+		inUse, err := r.st.ProbeAddr(ctx, target)
+		if err == nil && !inUse {
+			err = errors.New("not in use")
+		}
+		res <- err
+	}()
+	isProbe := func(f []byte) bool {
+		a, ok := arpOf(f)
+		return ok && a.Op() == header.ARPRequest && netip.AddrFrom4([4]byte(a.ProtocolAddressTarget())) == target
+	}
+	hit, _ := r.expect("ARP probe", isProbe)
+	a, _ := arpOf(hit)
+	if s := netip.AddrFrom4([4]byte(a.ProtocolAddressSender())); !s.IsUnspecified() {
+		t.Errorf("probe sender address %v, want 0.0.0.0 (RFC 5227 §2.1.1)", s)
+	}
+	// The host at target answers (as Linux does: to the prober's MAC).
+	otherMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x77}
+	r.send(arpFrame(header.ARPReply, otherMAC, target, routerMAC, netip.IPv4Unspecified(), routerMAC))
+	if err := <-res; err != nil {
+		t.Fatalf("ProbeAddr of an answering address: %v", err)
+	}
 }

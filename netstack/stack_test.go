@@ -439,9 +439,12 @@ func TestProbeAddr(t *testing.T) {
 	if err != nil || !inUse {
 		t.Errorf("ProbeAddr(host) = %v, %v; want true", inUse, err)
 	}
-	inUse, err = e.st.ProbeAddr(ctx, netip.MustParseAddr("192.168.30.99"))
-	if err != nil || inUse {
-		t.Errorf("ProbeAddr(free) = %v, %v; want false, nil", inUse, err)
+	// A free address: no answer until the deadline.
+	free, cancelFree := context.WithTimeout(ctx, 300*time.Millisecond)
+	inUse, err = e.st.ProbeAddr(free, netip.MustParseAddr("192.168.30.99"))
+	cancelFree()
+	if !errors.Is(err, context.DeadlineExceeded) || inUse {
+		t.Errorf("ProbeAddr(free) = %v, %v; want false, deadline exceeded", inUse, err)
 	}
 	short, cancel := context.WithCancel(ctx)
 	cancel()
