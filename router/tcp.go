@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -112,7 +111,7 @@ func (r *Router) dialTCP(f *flow) (net.Conn, error) {
 		return nil, errClientDialLimit
 	}
 	defer r.table.endDial(f)
-	ctx, cancel := context.WithTimeout(f.ctx, r.cfg.DialTimeout)
+	ctx, cancel := r.flowDialContext(f)
 	defer cancel()
 	return r.dial(ctx, "tcp", f.dest.String())
 }

@@ -43,19 +43,50 @@ func (it *idleTimer) stop() {
 	it.t.Stop()
 }
 
-// onEnd runs fn in a goroutine owned by r as soon as f's context is
-// canceled (the flow must end). The caller must be inside an r.enter
-// section (so r.wg cannot be at zero). The returned stop cancels fn if it
-// has not started; the flow's owner calls it once the flow's I/O is done.
+// onEnd runs fn in a goroutine owned by r as soon as f must end (shutdown
+// or abort: idle, evicted, Close, an I/O error). The caller must be inside
+// an r.enter section (so r.wg cannot be at zero). The returned stop cancels
+// fn if it has not started; the flow's owner calls it once the flow's I/O
+// is done.
+//
+// This is a plain list on the flow rather than context.AfterFunc on
+// f.ctx: AfterFunc gives every flow context a children map and a done
+// channel, which an idle flow would keep for its whole life.
 func (r *Router) onEnd(f *flow, fn func()) (stop func()) {
 	r.wg.Add(1)
-	stopAF := context.AfterFunc(f.ctx, func() {
-		defer r.wg.Done()
-		fn()
-	})
+	h := &endHook{r: r, fn: fn}
+	f.hookMu.Lock()
+	if f.fired || f.ctx.Err() != nil {
+		// Ended already (f.ctx is canceled before the hooks are taken,
+		// and finish/discard cancel without running hooks).
+		f.hookMu.Unlock()
+		go h.run()
+		return func() {}
+	}
+	h.next = f.hooks
+	f.hooks = h
+	f.hookMu.Unlock()
 	return func() {
-		if stopAF() {
-			r.wg.Done()
+		f.hookMu.Lock()
+		defer f.hookMu.Unlock()
+		for p := &f.hooks; *p != nil; p = &(*p).next {
+			if *p == h {
+				*p = h.next
+				r.wg.Done()
+				return
+			}
 		}
+	}
+}
+
+// flowDialContext returns the context for f's dial: DialTimeout long,
+// derived from r.ctx (not from f.ctx, see flow.ctx), and canceled when f
+// must end. cancel must be called once the dial has returned.
+func (r *Router) flowDialContext(f *flow) (ctx context.Context, cancel func()) {
+	ctx, cancelT := context.WithTimeout(r.ctx, r.cfg.DialTimeout)
+	stop := r.onEnd(f, cancelT)
+	return ctx, func() {
+		stop()
+		cancelT()
 	}
 }

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -48,7 +47,7 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 		req.Reject(netstack.RejectAdminProhibited)
 		return
 	}
-	ctx, cancel := context.WithTimeout(f.ctx, r.cfg.DialTimeout)
+	ctx, cancel := r.flowDialContext(f)
 	host, err := r.dial(ctx, "udp", dst.String())
 	cancel()
 	if err != nil {
