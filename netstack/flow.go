@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -493,7 +492,7 @@ func (r *UDPRequest) Accept() (net.Conn, error) {
 		}
 	}
 	r.st.fctr.udpAccepted.Add(1)
-	return gonet.NewUDPConn(&wq, ep), nil
+	return newUDPConn(&wq, ep), nil
 }
 
 // Reject refuses the flow with an ICMP destination unreachable quoting the
