@@ -114,7 +114,7 @@ func (p *pooledReader) result() (data []byte, release func(), err error) {
 
 // readWaiter is a conn that can wait for readability without a buffer,
 // report it, and call back when it may have become readable (netstack's
-// accepted TCP conns).
+// accepted TCP conns and UDP flow conns).
 type readWaiter interface {
 	net.Conn
 	WaitReadable()
@@ -150,11 +150,14 @@ func (r *readyReader) read() ([]byte, func(), error) {
 	r.bp = r.pool.Get().(*[]byte)
 	n, err := r.c.Read(*r.bp)
 	if n == 0 {
+		// (An empty datagram comes back as an empty, non-nil chunk.)
 		r.put()
-		return nil, noRelease, err
+		return emptyChunk, noRelease, err
 	}
 	return (*r.bp)[:n], r.release, err
 }
+
+var emptyChunk = []byte{}
 
 func (r *readyReader) readNow() (data []byte, release func(), ready bool, err error) {
 	if !r.c.Readable() {
@@ -175,17 +178,50 @@ type streamSource interface {
 	put()
 }
 
-// newStreamSource returns the reader for a stream: a pooledReader for a
-// host socket, a readyReader for netstack's accepted TCP conns (both can
-// poll: readNow works), and a streamReader for other conns (which cannot).
-func newStreamSource(src net.Conn, pool *sync.Pool) (s streamSource, canPoll bool) {
-	if pr := newPooledReader(src, pool, true); pr != nil {
+// newStreamSource returns the reader for a stream (or, !stream, for
+// datagrams): a pooledReader for a host socket, a readyReader for
+// netstack's accepted TCP conns and UDP flow conns (both can poll: readNow
+// works), and for other conns (which cannot) a streamReader or, for
+// datagrams, a bufReader.
+func newStreamSource(src net.Conn, pool *sync.Pool, stream bool) (s streamSource, canPoll bool) {
+	if pr := newPooledReader(src, pool, stream); pr != nil {
 		return pr, true
 	}
 	if rw, ok := src.(readWaiter); ok {
 		return newReadyReader(rw, pool), true
 	}
+	if !stream {
+		return &bufReader{c: src, pool: pool}, false
+	}
 	return &streamReader{c: src, pool: pool, small: make([]byte, smallReadSize)}, false
+}
+
+// bufReader reads datagrams from a conn that can neither poll nor report
+// readiness, into one pool buffer held from the first read until put.
+type bufReader struct {
+	c    net.Conn
+	pool *sync.Pool // of *[]byte
+	bp   *[]byte
+}
+
+func (b *bufReader) read() ([]byte, func(), error) {
+	if b.bp == nil {
+		b.bp = b.pool.Get().(*[]byte)
+	}
+	n, err := b.c.Read(*b.bp)
+	return (*b.bp)[:n], noRelease, err
+}
+
+func (b *bufReader) readNow() ([]byte, func(), bool, error) {
+	data, release, err := b.read()
+	return data, release, true, err
+}
+
+func (b *bufReader) put() {
+	if b.bp != nil {
+		b.pool.Put(b.bp)
+		b.bp = nil
+	}
 }
 
 // chunkReader yields the next chunk (TCP) or datagram (UDP) read from a
@@ -196,7 +232,7 @@ func noRelease() {}
 
 // newChunkReader reads src through a pooledReader when src is a host
 // socket, a readyReader when src can wait for readability (netstack's
-// accepted TCP conns), a streamReader for other stream conns, and else with
+// accepted TCP conns and UDP flow conns), a streamReader for other stream conns, and else with
 // one pool buffer held for the reader's life. None of the first three holds
 // a pool buffer while src is idle. free returns whatever buffer is still
 // held.
@@ -204,7 +240,7 @@ func newChunkReader(src net.Conn, pool *sync.Pool, stream bool) (read chunkReade
 	if pr := newPooledReader(src, pool, stream); pr != nil {
 		return pr.read, pr.put
 	}
-	if rw, ok := src.(readWaiter); ok && stream {
+	if rw, ok := src.(readWaiter); ok {
 		rr := newReadyReader(rw, pool)
 		return rr.read, rr.put
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/acrouter/acrouter/netstack"
 )
@@ -132,27 +133,36 @@ func (r *Router) spliceTCP(f *flow, client netstack.TCPConn, host net.Conn) {
 // section (it adds to r.wg).
 func (r *Router) startSpliceTCP(f *flow, client netstack.TCPConn, host net.Conn, ended func()) {
 	s := &tcpSplice{r: r, f: f, client: client, host: host, ended: ended}
+	r.startSplice(s, r.cfg.TCPIdleTimeout)
+}
+
+// startSplice starts s's two copies (s.datagram: UDP) with the idle
+// timeout; the caller has set s's conns, flow and router. It must be
+// called inside an enter section (it adds to r.wg).
+func (r *Router) startSplice(s *tcpSplice, idleTimeout time.Duration) {
 	s.pending.Store(2)
-	s.in.init(s, client, host, false)
-	s.out.init(s, host, client, true)
-	s.stop = r.onEnd(f, s.closeBoth)
-	s.idle = r.startIdleTimer(f, r.cfg.TCPIdleTimeout)
+	s.in.init(s, s.client, s.host, false)
+	s.out.init(s, s.host, s.client, true)
+	s.stop = r.onEnd(s.f, s.closeBoth)
+	s.idle = r.startIdleTimer(s.f, idleTimeout)
 	r.wg.Add(2)
 	go s.in.run(false)
 	s.out.start()
 }
 
-// tcpSplice is a TCP flow's two copies, in one allocation.
+// tcpSplice is a flow's two copies, in one allocation: a TCP flow's, or
+// (datagram) a UDP flow's.
 type tcpSplice struct {
-	r       *Router
-	f       *flow
-	client  netstack.TCPConn
-	host    net.Conn
-	ended   func() // may be nil
-	stop    func() // ends the onEnd registration
-	idle    *idleTimer
-	pending atomic.Int32 // copies still running
-	in, out tcpCopy      // host→client, client→host
+	r        *Router
+	f        *flow
+	client   net.Conn // a netstack.TCPConn for TCP
+	host     net.Conn
+	datagram bool   // UDP: no EOF, no half-close, errors about one datagram are not fatal
+	ended    func() // may be nil
+	stop     func() // ends the onEnd registration
+	idle     *idleTimer
+	pending  atomic.Int32 // copies still running
+	in, out  tcpCopy      // host→client, client→host
 }
 
 func (s *tcpSplice) closeBoth() {
@@ -166,15 +176,22 @@ func (s *tcpSplice) copyDone() {
 		s.idle.stop()
 		s.stop()
 		s.closeBoth()
-		s.r.finish(s.f, reasonFIN)
+		reason := reasonFIN
+		if s.datagram {
+			reason = "closed"
+		}
+		s.r.finish(s.f, reason)
 		if s.ended != nil {
 			s.ended()
 		}
 	}
 }
 
-// tcpCopy is one direction of a TCP flow: it copies src to dst until EOF
-// (then half-closes dst) or an error (then ends the flow).
+// tcpCopy is one direction of a flow: it copies src to dst until EOF
+// (then half-closes dst) or an error (then ends the flow). For a UDP flow
+// (s.datagram) a chunk is one datagram, and errors caused by ICMP messages
+// from the destination side (connection refused, message too long) drop one
+// datagram (transientUDPError); any other error ends the flow.
 //
 // Idle flows should cost little memory, and most of an idle flow is its
 // goroutines' stacks, which keep the size of the deepest call made on them
@@ -202,7 +219,11 @@ type tcpCopy struct {
 
 func (c *tcpCopy) init(s *tcpSplice, dst, src net.Conn, out bool) {
 	c.s, c.dst, c.out = s, dst, out
-	c.src, c.poll = newStreamSource(src, &tcpBufPool)
+	pool := &tcpBufPool
+	if s.datagram {
+		pool = &udpBufPool
+	}
+	c.src, c.poll = newStreamSource(src, pool, !s.datagram)
 	if rw, ok := src.(readWaiter); ok && c.poll {
 		c.notify = rw
 	}
@@ -266,7 +287,12 @@ func (c *tcpCopy) run(poll bool) {
 		} else {
 			data, release, err = c.src.read()
 		}
-		if len(data) > 0 {
+		if err != nil && c.s.datagram && transientUDPError(err) {
+			release() // nothing was read
+			continue
+		}
+		if len(data) > 0 || c.s.datagram && err == nil {
+			// (An empty datagram is a datagram.)
 			poll = true
 			// Count before writing, so that whoever sees the data also
 			// sees it counted.
@@ -275,7 +301,7 @@ func (c *tcpCopy) run(poll bool) {
 			packets.Add(1)
 			_, werr := c.dst.Write(data)
 			release()
-			if werr != nil {
+			if werr != nil && !(c.s.datagram && transientUDPError(werr)) {
 				f.abort(connError(werr))
 				c.end()
 				return
@@ -286,7 +312,7 @@ func (c *tcpCopy) run(poll bool) {
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) && !c.s.datagram {
 			if hc, ok := c.dst.(halfCloser); ok {
 				if cerr := hc.CloseWrite(); cerr != nil {
 					f.abort(connError(cerr))

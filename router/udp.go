@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/acrouter/acrouter/netstack"
@@ -29,7 +28,9 @@ func (r *Router) onUDP(req *netstack.UDPRequest) { r.handleUDP(req.Src, req.Dst,
 // handleUDP decides the first datagram of a (src, dst) flow: ACL, limits,
 // a connected host socket for the flow, then forwarding both ways until the
 // flow is idle for UDPIdleTimeout (DNSIdleTimeout for port 53). It runs in
-// the stack's per-request goroutine and keeps it for the client→host loop.
+// the stack's per-request goroutine and returns once the copies are
+// started (tcpCopy, with datagram semantics): an idle flow holds no
+// datagram buffer, and its client→host direction no goroutine.
 func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 	if !r.enter() {
 		r.refused[RefusedClosing].Add(1)
@@ -72,65 +73,7 @@ func (r *Router) handleUDP(src, dst netip.AddrPort, req udpRequest) {
 	if dst.Port() == 53 {
 		timeout = r.cfg.DNSIdleTimeout
 	}
-	closeBoth := func() {
-		client.Close()
-		host.Close()
-	}
-	stop := r.onEnd(f, closeBoth)
-	idle := r.startIdleTimer(f, timeout)
-	var pending atomic.Int32
-	pending.Store(2)
-	done := func() {
-		if pending.Add(-1) == 0 {
-			idle.stop()
-			stop()
-			closeBoth()
-			r.finish(f, "closed")
-		}
-	}
-	r.wg.Add(1) // inside the enter section
-	go func() {
-		defer r.wg.Done()
-		r.copyUDP(f, client, host, false)
-		done()
-	}()
-	r.copyUDP(f, host, client, true)
-	done()
-}
-
-// copyUDP forwards datagrams from src to dst until the flow ends. out is
-// the client→host direction. Errors caused by ICMP messages from the
-// destination side (connection refused, message too long) drop one
-// datagram; any other error ends the flow.
-func (r *Router) copyUDP(f *flow, dst, src net.Conn, out bool) {
-	read, free := newChunkReader(src, &udpBufPool, false)
-	defer free()
-	bytes, packets := &f.bytesIn, &f.packetsIn
-	if out {
-		bytes, packets = &f.bytesOut, &f.packetsOut
-	}
-	for {
-		data, release, err := read()
-		if err != nil {
-			if transientUDPError(err) {
-				continue
-			}
-			f.abort(connError(err))
-			return
-		}
-		f.touch(r.now())
-		bytes.Add(uint64(len(data))) // before the write: see copyTCP
-		packets.Add(1)
-		_, werr := dst.Write(data)
-		release()
-		if werr != nil {
-			if transientUDPError(werr) {
-				continue
-			}
-			f.abort(connError(werr))
-			return
-		}
-	}
+	r.startSplice(&tcpSplice{r: r, f: f, client: client, host: host, datagram: true}, timeout)
 }
 
 // transientUDPError reports errors that concern one datagram only. A
