@@ -46,7 +46,7 @@ export TOPO_UDP_ACCEL="${TOPO_UDP_ACCEL:-0}"
 : "${BENCH_GO_PKGS:=./vpnlink/... ./netstack/... ./router/...}"
 : "${BENCH_BUDGET_S:=1080}"          # 18 minutes
 : "${BENCH_KEEP:=0}"                 # 1: leave the lab (with acrouter) up afterwards
-: "${BENCH_STEPS:=go dhcp latency iperf sessions late}" # any subset, in this order
+: "${BENCH_STEPS:=go dhcp latency iperf sessions late}" # any subset, in this order ("dns": latency's DNS part only)
 : "${BENCH_FROM_HEAD:=0}"            # 1: build and micro-benchmark the committed HEAD (git archive), not the work tree
 : "${BENCH_RESULTS:=$ROOT/bench/RESULTS.md}"
 : "${BENCH_ECHO_PORT:=9000}"
@@ -377,11 +377,15 @@ main() {
 	meta
 	local p
 	if step dhcp; then for p in $BENCH_PATHS; do budget_left && bench_dhcp "$p"; done; fi
-	if step latency; then
+	if step latency || step dns; then # "dns" alone: only the DNS queries of the latency step
 		for p in $BENCH_PATHS; do
 			[ "$p" = veth ] || [ -s "$OUT/lease-$p.env" ] || do_dhcp "$p" >"$OUT/lease-$p.env"
 			budget_left || { skip "$p" "latency"; continue; }
-			bench_idle "$p"; bench_dns "$p"; bench_rr "$p"; bench_connect "$p"; bench_cps "$p"
+			if step latency; then
+				bench_idle "$p"; bench_dns "$p"; bench_rr "$p"; bench_connect "$p"; bench_cps "$p"
+			else
+				bench_dns "$p"
+			fi
 		done
 	fi
 	if step iperf || step sessions || step late; then

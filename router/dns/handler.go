@@ -152,7 +152,7 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 		} else {
 			s.c.failover.Add(1)
 		}
-		uq.Id = mdns.Id()
+		uq.Id = randID()
 		r, err := s.attempt(ctx, uq, "udp", srv)
 		if err == nil && r.Truncated {
 			s.c.tcpRetry.Add(1)

@@ -34,6 +34,7 @@ type Stats struct {
 	WriteErrors            uint64
 	ResolvConfReloads      uint64
 	Coalesced              uint64 // queries that shared an identical in-flight upstream exchange
+	UpstreamMismatches     uint64 // unexpected datagrams on upstream UDP sockets (possible spoofing; socket dropped)
 	CacheEntries           int
 }
 
@@ -189,6 +190,9 @@ func (s *Server) Close() error {
 		errs = append(errs, l.Close())
 	}
 	s.wg.Wait()
+	if e, ok := s.ex.(interface{ close() }); ok {
+		e.close()
+	}
 	return errors.Join(errs...)
 }
 
@@ -203,7 +207,15 @@ func (s *Server) Stats() Stats {
 		Malformed: c.malformed.Load(), Refused: c.refused.Load(), Truncated: c.truncated.Load(),
 		TCPConnsRejected: c.tcpRejected.Load(), WriteErrors: c.writeErr.Load(),
 		ResolvConfReloads: c.reloads.Load(), Coalesced: c.coalesced.Load(), CacheEntries: s.cache.len(),
+		UpstreamMismatches: s.upstreamMismatches(),
 	}
+}
+
+func (s *Server) upstreamMismatches() uint64 {
+	if e, ok := s.ex.(interface{ mismatches() uint64 }); ok {
+		return e.mismatches()
+	}
+	return 0
 }
 
 func (s *Server) isClosed() bool {

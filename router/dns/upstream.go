@@ -24,32 +24,36 @@ type exchanger interface {
 	exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error)
 }
 
-// netExchanger uses miekg/dns clients (a new socket per query, so each
-// query gets a fresh random source port).
+// netExchanger sends UDP queries through a pool of connected sockets
+// (udpconn.go: random IDs, checked replies, rotated source ports) and TCP
+// queries (after a truncated UDP answer) with a miekg/dns client, a new
+// connection per query.
 type netExchanger struct {
-	udp, tcp mdns.Client
+	udp *udpPool
+	tcp mdns.Client
 }
 
 func newNetExchanger(timeout time.Duration) *netExchanger {
 	return &netExchanger{
-		udp: mdns.Client{Net: "udp", Timeout: timeout},
+		udp: newUDPPool(),
 		tcp: mdns.Client{Net: "tcp", Timeout: timeout},
 	}
 }
 
 func (e *netExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
-	c := &e.udp
-	if network == "tcp" {
-		c = &e.tcp
+	if network != "tcp" {
+		return e.udp.exchange(ctx, m, server)
 	}
-	r, _, err := c.ExchangeContext(ctx, m, server)
-	if err != nil && r != nil && r.Truncated {
-		// A truncated UDP answer may end mid-record; the header is enough
-		// to retry over TCP.
-		return r, nil
-	}
+	r, _, err := e.tcp.ExchangeContext(ctx, m, server)
 	return r, err
 }
+
+// close closes the idle upstream sockets (Server.Close, after every
+// exchange ended).
+func (e *netExchanger) close() { e.udp.close() }
+
+// mismatches counts unexpected datagrams on upstream sockets.
+func (e *netExchanger) mismatches() uint64 { return e.udp.mismatches.Load() }
 
 var errNoUpstreams = errors.New("dns: no upstream resolvers configured")
 
