@@ -8,7 +8,7 @@
 #   cascade   client acrb-ccas, local-bridged into hub CASC; SoftEther VPN Bridge (SecureNAT on its hub
 #             BRIDGE) in acrb-rtr, cascaded into CASC — acrouter's architecture, in C (bench/topology.sh)
 #   veth      client acrb-cdir, plain veth to the LAN namespace: the limit
-# Workloads: DHCP discover→ack (udhcpc), router RSS/CPU idle, DNS latency (new names; repeated name =
+# Workloads: DHCP discover→ack (udhcpc; and tcpbench's raw-socket DISCOVER→ACK), router RSS/CPU idle, DNS latency (new names; repeated name =
 # cache hit), 64-byte request/response, TCP connect latency, connections/s at 1/32/128 concurrent,
 # iperf3 both directions (3 runs each, interleaved across paths), router RSS/CPU with 4096 idle
 # sessions, max concurrent sessions (bounded attempt), Go micro-benchmarks. Results: a table with
@@ -30,6 +30,7 @@ export TOPO_UDP_ACCEL="${TOPO_UDP_ACCEL:-0}"
 : "${BENCH_IPERF_RUNS:=3}"
 : "${BENCH_IPERF_TIME:=10}"          # seconds per iperf3 run
 : "${BENCH_DHCP_RUNS:=5}"
+: "${BENCH_DHCP_RAW_N:=10}"          # tcpbench dhcp: raw-socket DISCOVER→ACK runs with one MAC (+ a warm-up, + a fresh MAC)
 : "${BENCH_LATE_RUNS:=2}"            # extra SecureNAT/cascade upload runs at the end (slow/fast mode check)
 : "${BENCH_CPS_LEVELS:=1 32 128}"
 : "${BENCH_CPS_TIME:=3}"             # seconds per conn/s level
@@ -223,6 +224,12 @@ bench_dhcp() { # path
 	rec "$p" dhcp "{\"runs_ms\":[$(IFS=,; echo "${ms[*]:-}")]}"
 	say "$p: DHCP discover→ack (udhcpc incl. start) ${ms[*]:-none} ms"
 	[ ${#ms[@]} -gt 0 ] || die "$p: no DHCP lease"
+	# the same exchange without a client program: tcpbench sends DISCOVER/REQUEST on a raw socket from
+	# test MACs (one fresh MAC = a first lease; then one fixed MAC N times = the steady state), spaced so
+	# acrouter's broadcast-reply pacing (10/s) is not what is measured
+	local j; j=$(tcpb "$p" dhcp -i eth0 -n "$BENCH_DHCP_RAW_N" -gap 150ms -max 20s | json_or_null)
+	rec "$p" dhcp-raw "$j"
+	say "$p: DHCP DISCOVER→ACK (raw socket): $(printf '%s' "$j" | grep -o '"ack":{[^}]*}' | head -c 200)"
 }
 bench_idle() { # path: router RSS and CPU at idle
 	local p=$1 pid; pid=$(router_pid "$p")

@@ -622,6 +622,45 @@ func (r *run) write(w io.Writer) {
 		return fmt.Sprintf("%s ms (min %s, first %s)", fnum(median(x.Runs), 0), fnum(slices.Min(x.Runs), 0), fnum(x.Runs[0], 0)), median(x.Runs)
 	})
 	add("DHCP discover→ack, udhcpc incl. start, median", "≤ 50 ms", ratio(v[0], v[1]), s[:]...)
+	// DHCP without a client program: tcpbench dhcp (raw socket)
+	type dhcpRun struct {
+		Offer float64 `json:"offer_us"`
+		Ack   float64 `json:"ack_us"`
+		Error string  `json:"error"`
+	}
+	var dhcpRaw = func(p string) (x struct {
+		First  *dhcpRun `json:"first"`
+		Runs   []dhcpRun
+		Offer  latency `json:"offer"`
+		Ack    latency `json:"ack"`
+		Errors errs    `json:"errors"`
+	}, ok bool) {
+		ok = r.one(p, "dhcp-raw", &x)
+		return x, ok
+	}
+	s, v = val(func(p string) (string, float64) {
+		x, ok := dhcpRaw(p)
+		if !ok || x.Ack.N == 0 {
+			return "–", math.NaN()
+		}
+		t := fmt.Sprintf("%s / %s (OFFER p50 %s; n=%d)", fus(x.Ack.P50), fus(x.Ack.P99), fus(x.Offer.P50), x.Ack.N)
+		if x.Errors.Total > 0 {
+			t += fmt.Sprintf(", %d failed", x.Errors.Total)
+		}
+		return t, x.Ack.P50
+	})
+	add("DHCP DISCOVER→ACK, raw-socket client, same MAC again (steady state) p50 / p99", "≤ 50 ms", ratio(v[0], v[1]), s[:]...)
+	s, v = val(func(p string) (string, float64) {
+		x, ok := dhcpRaw(p)
+		if !ok || x.First == nil {
+			return "–", math.NaN()
+		}
+		if x.First.Error != "" {
+			return "failed: " + x.First.Error, math.NaN()
+		}
+		return fmt.Sprintf("%s (OFFER %s)", fus(x.First.Ack), fus(x.First.Offer)), x.First.Ack
+	})
+	add("DHCP DISCOVER→ACK, raw-socket client, first lease (fresh MAC)", "≤ 50 ms", ratio(v[0], v[1]), s[:]...)
 
 	fmt.Fprintln(w, "| metric | acrouter | SecureNAT | cascade (VPN Bridge + SecureNAT) | veth (limit) | acrouter / SecureNAT | target |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")

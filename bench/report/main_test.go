@@ -36,6 +36,8 @@ func writeRun(t *testing.T) (string, string) {
 	add("acrouter", "rr", `{"rtt":{"n":10,"p50_us":150,"p99_us":300}}`)
 	add("securenat", "rr", `{"rtt":{"n":10,"p50_us":100,"p99_us":2500}}`)
 	add("acrouter", "dhcp", `{"runs_ms":[300,90,95]}`)
+	add("acrouter", "dhcp-raw", `{"first":{"offer_us":252000,"ack_us":253000},"offer":{"n":3,"p50_us":500},"ack":{"n":3,"p50_us":850,"p99_us":900},"errors":{"total":0}}`)
+	add("securenat", "dhcp-raw", `{"first":{"offer_us":300,"ack_us":700},"offer":{"n":3,"p50_us":200},"ack":{"n":3,"p50_us":340,"p99_us":390},"errors":{"total":1}}`)
 	add("acrouter", "cps-32", `{"result":{"conn_per_s":5000,"ok":15000,"errors":{"total":0}},"router_cpu_pct":80}`)
 	add("securenat", "cps-32", `{"result":{"conn_per_s":600,"ok":1800,"errors":{"kinds":{"timeout":2},"total":2}},"router_cpu_pct":20}`)
 	add("cascade", "skipped", `"late iperf up 1"`)
@@ -63,6 +65,8 @@ func TestTable(t *testing.T) {
 		"| 64-byte request/response p50 / p99 | 150 µs / 300 µs | 100 µs / 2.5 ms |",
 		"| 1.50× | p50 ≤ 173 µs |",
 		"95 ms (min 90, first 300)",
+		"| 850 µs / 900 µs (OFFER p50 500 µs; n=3) | 340 µs / 390 µs (OFFER p50 200 µs; n=3), 1 failed |",
+		"| 253 ms (OFFER 252 ms) | 700 µs (OFFER 300 µs) |",
 		"5000; acrouter 80 % + vpnserver 0 %",
 		"600 errors: timeout 2; vpnserver 20 %",
 		"8.33× | ≥ 5000 |",

@@ -8,6 +8,7 @@
 //	tcpbench rr      -a H:P -n 5000 -s 64          request/response latency on one connection
 //	tcpbench hold    -a H:P -n 4096 -ready FILE    open N concurrent sessions, verify, hold, verify
 //	tcpbench dns     -s H:53 -n 500 -mode miss|hit DNS query latency over UDP
+//	tcpbench dhcp    -i eth0 -n 10                 DHCP DISCOVER→OFFER→REQUEST→ACK on a raw socket (root)
 //
 // Every client mode is bounded in time (-max or -d) and prints exactly one
 // JSON object on stdout; progress notes go to stderr. Nothing here retries
@@ -31,6 +32,7 @@ func main() {
 		"rr":      runRR,
 		"hold":    runHold,
 		"dns":     runDNS,
+		"dhcp":    runDHCP,
 	}
 	f, ok := modes[os.Args[1]]
 	if !ok {
@@ -51,6 +53,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: tcpbench serve|connect|cps|rr|hold|dns [flags]  (tcpbench MODE -h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: tcpbench serve|connect|cps|rr|hold|dns|dhcp [flags]  (tcpbench MODE -h for flags)")
 	os.Exit(2)
 }
