@@ -141,8 +141,9 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
-	defer cancel()
+	// Deadlines, not contexts: no timer or context allocation per query;
+	// ctx only carries the server's shutdown.
+	budget := time.Now().Add(s.cfg.QueryTimeout)
 	uq := upstreamQuery(p.q)
 	var last *mdns.Msg
 	var lastErr error
@@ -153,16 +154,19 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 			s.c.failover.Add(1)
 		}
 		uq.Id = randID()
-		r, err := s.attempt(ctx, uq, "udp", srv)
+		r, err := s.attempt(ctx, budget, uq, "udp", srv)
 		if err == nil && r.Truncated {
 			s.c.tcpRetry.Add(1)
-			r, err = s.attempt(ctx, uq, "tcp", srv)
+			r, err = s.attempt(ctx, budget, uq, "tcp", srv)
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || !time.Now().Before(budget) {
 				s.c.upErr.Add(1)
 				if lastErr == nil {
 					lastErr = err
+				}
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
 				}
 				return nil, fmt.Errorf("dns: query budget of %v used up: %w", s.cfg.QueryTimeout, lastErr)
 			}
@@ -185,10 +189,13 @@ func (s *Server) forward(ctx context.Context, p *pending) (*mdns.Msg, error) {
 	return nil, lastErr
 }
 
-func (s *Server) attempt(ctx context.Context, uq *mdns.Msg, network, srv string) (*mdns.Msg, error) {
-	actx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	r, err := s.ex.exchange(actx, uq, network, srv)
+// attempt runs one exchange, bounded by Timeout and the query's budget.
+func (s *Server) attempt(ctx context.Context, budget time.Time, uq *mdns.Msg, network, srv string) (*mdns.Msg, error) {
+	dl := time.Now().Add(s.cfg.Timeout)
+	if budget.Before(dl) {
+		dl = budget
+	}
+	r, err := s.ex.exchange(ctx, dl, uq, network, srv)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", network, srv, err)
 	}

@@ -180,7 +180,7 @@ type fakeExchanger struct {
 	answer  func(server string, q *mdns.Msg) (*mdns.Msg, error)
 }
 
-func (f *fakeExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+func (f *fakeExchanger) exchange(ctx context.Context, _ time.Time, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
 	f.mu.Lock()
 	f.servers = append(f.servers, network+" "+server)
 	f.mu.Unlock()

@@ -59,6 +59,7 @@ type Server struct {
 	udps     []net.PacketConn // guarded by mu (Serve adds)
 	tcps     []net.Listener   // guarded by mu
 	inflight chan struct{}
+	jobs     chan udpJob // unbuffered: idle workers wait on it
 	tcpSem   chan struct{}
 
 	ctx    context.Context
@@ -129,6 +130,7 @@ func newServer(cfg Config) (*Server, error) {
 		ex:       n.upstream,
 		cache:    newCache(n.CacheSize, n.MaxCacheTTL),
 		inflight: make(chan struct{}, n.MaxInflight),
+		jobs:     make(chan udpJob),
 		tcpSem:   make(chan struct{}, n.MaxTCPConns),
 		tcpConns: map[net.Conn]struct{}{},
 		lastLog:  map[string]time.Time{},
@@ -189,10 +191,10 @@ func (s *Server) Close() error {
 	for _, l := range tcps {
 		errs = append(errs, l.Close())
 	}
-	s.wg.Wait()
 	if e, ok := s.ex.(interface{ close() }); ok {
-		e.close()
+		e.close() // wakes upstream UDP exchanges in flight
 	}
+	s.wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -286,12 +288,47 @@ func (s *Server) serveUDP(pc net.PacketConn) {
 			s.writeUDP(pc, s.reply(p.q, mdns.RcodeServerFailure, p), peer)
 			continue
 		}
+		s.dispatch(udpJob{pc: pc, p: p, peer: peer})
+	}
+}
+
+// udpJob is a UDP query that needs the upstream; it holds an inflight slot.
+type udpJob struct {
+	pc   net.PacketConn
+	p    *pending
+	peer net.Addr
+}
+
+// workerIdle is how long an idle upstream worker waits for the next job.
+const workerIdle = 30 * time.Second
+
+// dispatch hands j to an idle worker or starts one. Workers are long-lived
+// so that a miss neither creates a goroutine nor grows a fresh stack; their
+// number never exceeds MaxInflight (every job holds an inflight slot).
+func (s *Server) dispatch(j udpJob) {
+	select {
+	case s.jobs <- j:
+	default:
 		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.inflight }()
-			s.writeUDP(pc, s.finish(s.ctx, p), peer)
-		}()
+		go s.worker(j)
+	}
+}
+
+func (s *Server) worker(j udpJob) {
+	defer s.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		s.writeUDP(j.pc, s.finish(s.ctx, j.p), j.peer)
+		<-s.inflight
+		idle.Reset(workerIdle)
+		select {
+		case j = <-s.jobs:
+		case <-idle.C:
+			return
+		case <-s.ctx.Done():
+			return
+		}
 	}
 }
 

@@ -519,7 +519,7 @@ type blockingExchanger struct {
 	started chan struct{}
 }
 
-func (b *blockingExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+func (b *blockingExchanger) exchange(ctx context.Context, _ time.Time, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
 	b.once.Do(func() { close(b.started) })
 	<-ctx.Done()
 	return nil, ctx.Err()
@@ -548,7 +548,7 @@ type gateExchanger struct {
 	release chan struct{}
 }
 
-func (g *gateExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+func (g *gateExchanger) exchange(ctx context.Context, _ time.Time, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
 	g.calls.Add(1)
 	g.started <- struct{}{}
 	select {

@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -65,9 +64,12 @@ type udpPool struct {
 	mu     sync.Mutex
 	closed bool
 	idle   map[string][]*upSock
+	inUse  map[*upSock]struct{} // aborted by close
 }
 
-func newUDPPool() *udpPool { return &udpPool{idle: map[string][]*upSock{}} }
+func newUDPPool() *udpPool {
+	return &udpPool{idle: map[string][]*upSock{}, inUse: map[*upSock]struct{}{}}
+}
 
 // udpBuf is the pooled scratch space of one exchange.
 type udpBuf struct {
@@ -77,8 +79,9 @@ type udpBuf struct {
 
 var udpBufs = sync.Pool{New: func() any { return &udpBuf{q: make([]byte, 0, 4096)} }}
 
-// get returns an idle socket for server or dials a new one.
-func (p *udpPool) get(ctx context.Context, server string) (*upSock, error) {
+// get returns an idle socket for server or dials a new one; it is in use
+// until release.
+func (p *udpPool) get(server string) (*upSock, error) {
 	now := time.Now()
 	p.mu.Lock()
 	if p.closed {
@@ -92,6 +95,7 @@ func (p *udpPool) get(ctx context.Context, server string) (*upSock, error) {
 		l = l[:len(l)-1]
 		if now.Sub(s.born) < sockMaxAge {
 			p.idle[server] = l
+			p.inUse[s] = struct{}{}
 			p.mu.Unlock()
 			return s, nil
 		}
@@ -99,7 +103,7 @@ func (p *udpPool) get(ctx context.Context, server string) (*upSock, error) {
 	}
 	delete(p.idle, server)
 	p.mu.Unlock()
-	c, err := p.dialer.DialContext(ctx, "udp", server)
+	c, err := p.dialer.Dial("udp", server) // no I/O: a socket and connect(2)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +112,28 @@ func (p *udpPool) get(ctx context.Context, server string) (*upSock, error) {
 		c.Close()
 		return nil, fmt.Errorf("dial udp %s: not a UDP socket", server)
 	}
-	return &upSock{c: uc, born: now}, nil
+	s := &upSock{c: uc, born: now}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		uc.Close()
+		return nil, net.ErrClosed
+	}
+	p.inUse[s] = struct{}{}
+	p.mu.Unlock()
+	return s, nil
+}
+
+// release ends a socket's use: back to the pool if healthy, else closed.
+func (p *udpPool) release(server string, s *upSock, healthy bool) {
+	p.mu.Lock()
+	delete(p.inUse, s)
+	p.mu.Unlock()
+	if !healthy {
+		s.c.Close()
+		return
+	}
+	p.put(server, s)
 }
 
 // put returns a healthy socket to the pool or closes it when it is used up,
@@ -129,7 +154,8 @@ func (p *udpPool) put(server string, s *upSock) {
 	p.mu.Unlock()
 }
 
-// close closes every idle socket; sockets in use are closed when returned.
+// close closes every idle socket and wakes the exchanges in flight (their
+// sockets are closed when released).
 func (p *udpPool) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -140,12 +166,15 @@ func (p *udpPool) close() {
 		}
 		delete(p.idle, k)
 	}
+	for s := range p.inUse {
+		s.c.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // exchange sends m (its ID is replaced by a fresh random one per socket
 // tried) and returns the matching reply. A truncated reply is returned with
 // its header and question only (the caller retries over TCP).
-func (p *udpPool) exchange(ctx context.Context, m *mdns.Msg, server string) (*mdns.Msg, error) {
+func (p *udpPool) exchange(deadline time.Time, m *mdns.Msg, server string) (*mdns.Msg, error) {
 	b := udpBufs.Get().(*udpBuf)
 	defer udpBufs.Put(b)
 	var err error
@@ -159,7 +188,7 @@ func (p *udpPool) exchange(ctx context.Context, m *mdns.Msg, server string) (*md
 			b.q = q[:0] // keep a grown buffer
 		}
 		var r *mdns.Msg
-		r, err = p.exchangeOnce(ctx, q, b.r[:], m, server)
+		r, err = p.exchangeOnce(deadline, q, b.r[:], m, server)
 		if !errors.Is(err, errMismatch) {
 			return r, err
 		}
@@ -169,40 +198,26 @@ func (p *udpPool) exchange(ctx context.Context, m *mdns.Msg, server string) (*md
 }
 
 // exchangeOnce runs one query on one socket.
-func (p *udpPool) exchangeOnce(ctx context.Context, q, rb []byte, m *mdns.Msg, server string) (*mdns.Msg, error) {
-	s, err := p.get(ctx, server)
+func (p *udpPool) exchangeOnce(deadline time.Time, q, rb []byte, m *mdns.Msg, server string) (*mdns.Msg, error) {
+	s, err := p.get(server)
 	if err != nil {
 		return nil, err
 	}
 	healthy := false
-	defer func() {
-		if healthy {
-			p.put(server, s)
-		} else {
-			s.c.Close()
-		}
-	}()
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Now().Add(DefaultTimeout)
-	}
-	if err := s.c.SetDeadline(dl); err != nil {
+	defer func() { p.release(server, s, healthy) }()
+	if err := s.c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
-	// Close (server shutdown) cancels ctx: unblock the read at once.
-	stop := context.AfterFunc(ctx, func() { s.c.SetReadDeadline(time.Unix(1, 0)) })
-	defer func() {
-		if !stop() {
-			healthy = false // the deadline was poisoned
-		}
-	}()
+	if p.isClosed() { // close may have run before SetDeadline replaced its wake-up
+		return nil, net.ErrClosed
+	}
 	if _, err := s.c.Write(q); err != nil {
 		return nil, err
 	}
 	n, err := s.c.Read(rb)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if p.isClosed() {
+			return nil, net.ErrClosed
 		}
 		return nil, err
 	}
@@ -226,6 +241,12 @@ func (p *udpPool) exchangeOnce(ctx context.Context, q, rb []byte, m *mdns.Msg, s
 	}
 	healthy = true
 	return r, nil
+}
+
+func (p *udpPool) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
 }
 
 // randID returns a transaction ID from crypto/rand.

@@ -206,9 +206,7 @@ func TestUpstreamTruncatedMidRecord(t *testing.T) {
 	e := newNetExchanger(time.Second)
 	defer e.close()
 	q := query("big.example.", mdns.TypeTXT)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	r, err := e.exchange(ctx, q, "udp", raw.addr)
+	r, err := e.exchange(context.Background(), time.Now().Add(5*time.Second), q, "udp", raw.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,21 +215,24 @@ func TestUpstreamTruncatedMidRecord(t *testing.T) {
 	}
 }
 
-// Close aborts an exchange waiting for an upstream that never answers.
-func TestUpstreamExchangeCancelled(t *testing.T) {
-	e := newNetExchanger(time.Minute)
-	defer e.close()
-	ctx, cancel := context.WithCancel(context.Background())
+// close (Server.Close) aborts an exchange waiting for an upstream that
+// never answers, long before its deadline.
+func TestUpstreamExchangeAborted(t *testing.T) {
+	got := make(chan struct{}, 1)
+	up := newRawUpstream(t, func(n int, q *mdns.Msg) [][]byte { got <- struct{}{}; return nil })
+	e := newNetExchanger(time.Hour)
 	errc := make(chan error, 1)
 	go func() {
-		ctx2, c2 := context.WithTimeout(ctx, time.Minute)
-		defer c2()
-		_, err := e.exchange(ctx2, query("x.example.", mdns.TypeA), "udp", blackhole(t))
+		_, err := e.exchange(context.Background(), time.Now().Add(time.Hour), query("x.example.", mdns.TypeA), "udp", up.addr)
 		errc <- err
 	}()
-	cancel()
+	<-got // the query is out; the exchange waits for the reply
+	e.close()
 	if err := <-errc; err == nil {
 		t.Fatal("exchange succeeded without an answer")
+	}
+	if _, err := e.exchange(context.Background(), time.Now().Add(time.Hour), query("x.example.", mdns.TypeA), "udp", up.addr); err == nil {
+		t.Fatal("exchange after close succeeded")
 	}
 }
 

@@ -19,9 +19,10 @@ import (
 )
 
 // exchanger sends one query to one upstream over network ("udp" or "tcp")
-// and returns its answer. It is the test seam: tests plug in fakes.
+// and returns its answer by deadline; ctx ends it early (server shutdown).
+// It is the test seam: tests plug in fakes.
 type exchanger interface {
-	exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error)
+	exchange(ctx context.Context, deadline time.Time, m *mdns.Msg, network, server string) (*mdns.Msg, error)
 }
 
 // netExchanger sends UDP queries through a pool of connected sockets
@@ -40,16 +41,18 @@ func newNetExchanger(timeout time.Duration) *netExchanger {
 	}
 }
 
-func (e *netExchanger) exchange(ctx context.Context, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
+func (e *netExchanger) exchange(ctx context.Context, deadline time.Time, m *mdns.Msg, network, server string) (*mdns.Msg, error) {
 	if network != "tcp" {
-		return e.udp.exchange(ctx, m, server)
+		return e.udp.exchange(deadline, m, server)
 	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	r, _, err := e.tcp.ExchangeContext(ctx, m, server)
 	return r, err
 }
 
-// close closes the idle upstream sockets (Server.Close, after every
-// exchange ended).
+// close closes the idle upstream sockets and aborts the UDP exchanges in
+// flight (Server.Close).
 func (e *netExchanger) close() { e.udp.close() }
 
 // mismatches counts unexpected datagrams on upstream sockets.
