@@ -38,7 +38,8 @@ type Router struct {
 	wg     sync.WaitGroup // every goroutine running router code
 
 	icmp *icmpForwarder
-	fwd  forwarder // inbound port forwards (forward.go)
+	fwd  forwarder  // inbound port forwards (forward.go)
+	poll lazyPoller // idle flows' host sockets (hostpoll.go)
 
 	// Counters; the byte totals of ended flows are in the table.
 	created [ProtoICMP + 1]atomic.Uint64

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -146,7 +147,7 @@ func (r *Router) startSplice(s *tcpSplice, idleTimeout time.Duration) {
 	s.stop = r.onEnd(s.f, s.closeBoth)
 	s.idle = r.startIdleTimer(s.f, idleTimeout)
 	r.wg.Add(2)
-	go s.in.run(false)
+	s.in.start()
 	s.out.start()
 }
 
@@ -168,6 +169,10 @@ type tcpSplice struct {
 func (s *tcpSplice) closeBoth() {
 	s.client.Close()
 	s.host.Close()
+	// A closed socket leaves the host poller's set without an event: wake
+	// the copies if they are armed (a no-op otherwise).
+	s.in.wake()
+	s.out.wake()
 }
 
 // copyDone is called by each copy when it finishes.
@@ -199,18 +204,22 @@ func (s *tcpSplice) copyDone() {
 // happens to shrink them, and even then not below 4 KiB or so. So a copy
 // goroutine that has moved data does not wait for the next data itself:
 // when its source has nothing more to read, it hands the wait over and
-// exits. A source that can call back when readable (netstack's conn: the
-// client→host direction) needs no goroutine at all while idle: the copy is
-// "armed" and the callback starts a goroutine when data, a FIN or an error
-// arrives. A host socket needs one to wait on the poller: a fresh one,
-// which stays shallow. Either way a goroutine is started once per burst of
-// data, not per chunk.
+// exits. A source that can call back when readable needs no goroutine at
+// all while idle: the copy is "armed" and the callback starts a goroutine
+// when data, a FIN or an error arrives. netstack's conn calls back itself
+// (OnReadable); a host socket is watched by the Router's host poller
+// (hostpoll_linux.go: one epoll goroutine for all idle sockets). Where
+// neither works (other systems, conns without a descriptor) a host socket
+// is waited for in a fresh goroutine, which stays shallow. Either way a
+// goroutine is started once per burst of data, not per chunk.
 type tcpCopy struct {
 	s      *tcpSplice
 	dst    net.Conn
 	src    streamSource
 	poll   bool       // src.readNow works; otherwise one goroutine does it all
-	notify readWaiter // nil: src cannot call back
+	notify readWaiter // src is netstack's conn and calls back; or nil
+	hw     *hostWatch // src is a host socket watched by the host poller; or nil
+	srcc   net.Conn   // src (for its read deadline, with hw)
 	out    bool       // client→host
 
 	armed      atomic.Bool // idle, no goroutine: the callback starts one
@@ -218,7 +227,7 @@ type tcpCopy struct {
 }
 
 func (c *tcpCopy) init(s *tcpSplice, dst, src net.Conn, out bool) {
-	c.s, c.dst, c.out = s, dst, out
+	c.s, c.dst, c.out, c.srcc = s, dst, out, src
 	pool := &tcpBufPool
 	if s.datagram {
 		pool = &udpBufPool
@@ -226,11 +235,16 @@ func (c *tcpCopy) init(s *tcpSplice, dst, src net.Conn, out bool) {
 	c.src, c.poll = newStreamSource(src, pool, !s.datagram)
 	if rw, ok := src.(readWaiter); ok && c.poll {
 		c.notify = rw
+	} else if pr, ok := c.src.(*pooledReader); ok {
+		if p := s.r.hostPoller(); p != nil {
+			c.hw = p.watch(pr.rc, c.wake)
+		}
 	}
 }
 
-// start runs the copy: armed if src can call back, else in a goroutine.
-// The caller has added one count to r.wg for it.
+// start runs the copy: armed if netstack's conn can call back, else in a
+// goroutine (which arms the host poller once src has been idle for
+// hostIdleWait). The caller has added one count to r.wg for it.
 func (c *tcpCopy) start() {
 	if c.notify == nil {
 		go c.run(false)
@@ -239,6 +253,12 @@ func (c *tcpCopy) start() {
 	c.stopNotify = c.notify.OnReadable(c.wake)
 	c.idle()
 }
+
+// hostIdleWait is how long a copy waits for its host socket in a goroutine
+// (on Go's poller, which wakes it fastest) before it hands the socket to the
+// host poller and lets the goroutine go. Waits are usually short while a
+// flow is busy; the epoll round trip would slow those down.
+const hostIdleWait = time.Second
 
 // wake is the readability callback (on gVisor's packet path).
 func (c *tcpCopy) wake() {
@@ -249,9 +269,27 @@ func (c *tcpCopy) wake() {
 
 // idle arms the copy (it keeps the caller's count of r.wg, which passes to
 // the goroutine wake starts); if data arrived meanwhile it starts one itself.
+// Whoever takes the armed flag (wake's or idle's compare-and-swap) owns the
+// copy's state from then on.
 func (c *tcpCopy) idle() {
 	c.armed.Store(true)
-	if c.notify.Readable() {
+	if c.hw == nil {
+		if c.notify.Readable() {
+			c.wake()
+		}
+		return
+	}
+	readable, ok := c.hw.arm()
+	if !ok {
+		// The host poller cannot watch it: wait in a goroutine.
+		if c.armed.CompareAndSwap(true, false) {
+			c.hw.stop()
+			c.hw = nil
+			go c.run(false)
+		}
+		return
+	}
+	if readable {
 		c.wake()
 	}
 }
@@ -285,7 +323,25 @@ func (c *tcpCopy) run(poll bool) {
 				return
 			}
 		} else {
+			if c.hw != nil {
+				if derr := c.srcc.SetReadDeadline(time.Now().Add(hostIdleWait)); derr != nil {
+					f.abort(connError(derr))
+					c.end()
+					return
+				}
+			}
 			data, release, err = c.src.read()
+		}
+		if err != nil && c.hw != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Idle (or busy past the deadline: arming finds the data).
+			release()
+			if derr := c.srcc.SetReadDeadline(time.Time{}); derr != nil {
+				f.abort(connError(derr))
+				c.end()
+				return
+			}
+			c.idle()
+			return
 		}
 		if err != nil && c.s.datagram && transientUDPError(err) {
 			release() // nothing was read
@@ -334,6 +390,9 @@ func (c *tcpCopy) run(poll bool) {
 func (c *tcpCopy) end() {
 	if c.stopNotify != nil {
 		c.stopNotify()
+	}
+	if c.hw != nil {
+		c.hw.stop()
 	}
 	c.src.put()
 	c.s.copyDone()
