@@ -257,8 +257,11 @@ func (c *tcpCopy) start() {
 // hostIdleWait is how long a copy waits for its host socket in a goroutine
 // (on Go's poller, which wakes it fastest) before it hands the socket to the
 // host poller and lets the goroutine go. Waits are usually short while a
-// flow is busy; the epoll round trip would slow those down.
-const hostIdleWait = time.Second
+// flow is busy (an epoll round trip would slow those down); a longer wait
+// keeps more goroutines, and their stack memory, when many flows open at
+// once (a runtime only frees stack spans at a garbage collection, and an
+// idle process rarely has one).
+const hostIdleWait = 100 * time.Millisecond
 
 // wake is the readability callback (on gVisor's packet path).
 func (c *tcpCopy) wake() {
