@@ -85,7 +85,7 @@ func (st *Stack) DialTCP(ctx context.Context, dst netip.AddrPort) (TCPConn, erro
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(dst), Err: errnoOf(terr)}
 	}
 	setKeepalive(ep)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 // DialUDP returns a UDP socket on the router address (an ephemeral port)

@@ -2,26 +2,30 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // dhcpServerPort is the BOOTP/DHCP server port (RFC 2131 §4.1).
 const dhcpServerPort = 67
 
 // ListenTCP listens on the router address and port. Accepted connections
-// are *gonet.TCPConn values, which implement TCPConn.
+// implement TCPConn (netstack's own conn type, as TCPRequest.Accept's).
 func (st *Stack) ListenTCP(port uint16) (net.Listener, error) {
 	if st.closed.Load() {
 		return nil, fmt.Errorf("netstack: listen tcp :%d: %w", port, net.ErrClosed)
 	}
-	l, err := gonet.ListenTCP(st.s, tcpip.FullAddress{NIC: nicID, Addr: st.addr, Port: port}, ipv4.ProtocolNumber)
+	l, err := st.listenTCP(tcpip.FullAddress{NIC: nicID, Addr: st.addr, Port: port}, ipv4.ProtocolNumber)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: listen tcp %v:%d: %w", st.cfg.Addr.Addr(), port, err)
 	}
@@ -74,7 +78,7 @@ func (st *Stack) ListenTCP6(port uint16) (net.Listener, error) {
 	if st.closed.Load() {
 		return nil, fmt.Errorf("netstack: listen tcp6 :%d: %w", port, net.ErrClosed)
 	}
-	l, err := gonet.ListenTCP(st.s, tcpip.FullAddress{NIC: nicID, Addr: st.v6.addr, Port: port}, ipv6.ProtocolNumber)
+	l, err := st.listenTCP(tcpip.FullAddress{NIC: nicID, Addr: st.v6.addr, Port: port}, ipv6.ProtocolNumber)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: listen tcp [%v]:%d: %w", st.cfg.Addr6.Addr(), port, err)
 	}
@@ -115,4 +119,80 @@ func (st *Stack) ListenDHCPv6() (net.PacketConn, error) {
 		return nil, fmt.Errorf("netstack: listen dhcpv6 [::]:%d: %w", DHCPv6ServerPort, err)
 	}
 	return c, nil
+}
+
+// listenBacklog is the accept queue of ListenTCP's listeners (gonet's).
+const listenBacklog = 4096
+
+// tcpListener is the net.Listener of ListenTCP and ListenTCP6: like gonet's
+// TCPListener, but its connections are tcpConns (no buffer of the
+// caller's kept by a write, readiness without a buffer).
+type tcpListener struct {
+	ep     tcpip.Endpoint
+	wq     *waiter.Queue
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (st *Stack) listenTCP(addr tcpip.FullAddress, network tcpip.NetworkProtocolNumber) (*tcpListener, error) {
+	var wq waiter.Queue
+	ep, terr := st.s.NewEndpoint(tcp.ProtocolNumber, network, &wq)
+	if terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	if terr := ep.Bind(addr); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("bind: %s", terr)
+	}
+	if terr := ep.Listen(listenBacklog); terr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("listen: %s", terr)
+	}
+	return &tcpListener{ep: ep, wq: &wq, closed: make(chan struct{})}, nil
+}
+
+// Accept waits for the next connection; after Close it returns an error
+// wrapping net.ErrClosed.
+func (l *tcpListener) Accept() (net.Conn, error) {
+	n, wq, terr := l.ep.Accept(nil)
+	if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
+		entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents)
+		l.wq.EventRegister(&entry)
+		defer l.wq.EventUnregister(&entry)
+		for {
+			n, wq, terr = l.ep.Accept(nil)
+			if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+				break
+			}
+			select {
+			case <-l.closed:
+				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+			case <-ready:
+			}
+		}
+	}
+	if terr != nil {
+		select {
+		case <-l.closed:
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+		default:
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: errors.New(terr.String())}
+	}
+	return newTCPConn(wq, n), nil
+}
+
+// Close stops listening; a waiting Accept returns.
+func (l *tcpListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	l.ep.Close()
+	return nil
+}
+
+func (l *tcpListener) Addr() net.Addr {
+	a, err := l.ep.GetLocalAddress()
+	if err != nil {
+		return nil
+	}
+	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"testing"
@@ -217,5 +218,94 @@ func TestTCPConnConformance(t *testing.T) {
 				return server, client, stop, nil
 			})
 		})
+	}
+}
+
+// TestListenAndDialConnsAreTCPConns: connections from ListenTCP's Accept
+// and from DialTCP are netstack's own conn (readiness without a buffer, no
+// buffer kept by Write), and Close ends a waiting Accept with
+// net.ErrClosed.
+func TestListenAndDialConnsAreTCPConns(t *testing.T) {
+	e := newEnv(t)
+	ln, err := e.st.ListenTCP(8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := e.host.DialTCP(ctxT(t), netip.AddrPortFrom(routerIP, 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, ok := <-accepted
+	if !ok {
+		t.Fatal("nothing accepted")
+	}
+	defer c.Close()
+	if _, ok := c.(readWaiter); !ok {
+		t.Errorf("ListenTCP's Accept returned %T, want a conn with WaitReadable", c)
+	}
+	if _, ok := c.(netstack.TCPConn); !ok {
+		t.Errorf("ListenTCP's Accept returned %T, not a TCPConn", c)
+	}
+	if _, err := client.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	c.(readWaiter).WaitReadable()
+	buf := make([]byte, 8)
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if a, ok := ln.Addr().(*net.TCPAddr); !ok || a.Port != 8080 || a.IP.String() != routerIP.String() {
+		t.Errorf("Addr() = %v", ln.Addr())
+	}
+
+	// A waiting Accept ends with net.ErrClosed.
+	res := make(chan error, 1)
+	go func() {
+		_, err := ln.Accept()
+		res <- err
+	}()
+	ln.Close()
+	select {
+	case err := <-res:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close = %v, want net.ErrClosed", err)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("Close did not end a waiting Accept")
+	}
+
+	// DialTCP's conn.
+	hl, err := e.host.ListenTCP(2223)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	go func() {
+		if c, err := hl.Accept(); err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	d, err := e.st.DialTCP(ctxT(t), netip.AddrPortFrom(hostPfx.Addr(), 2223))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, ok := d.(readWaiter); !ok {
+		t.Errorf("DialTCP returned %T, want a conn with WaitReadable", d)
+	}
+	if got, err := io.ReadAll(d); err != nil || string(got) != "hi" {
+		t.Fatalf("ReadAll = %q, %v", got, err)
 	}
 }
