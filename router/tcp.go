@@ -263,6 +263,11 @@ func (c *tcpCopy) start() {
 // idle process rarely has one).
 const hostIdleWait = 100 * time.Millisecond
 
+// busyChunks is how many reads with data a run woken by the host poller
+// must make before its flow counts as busy again and waits on Go's poller
+// (hostIdleWait) rather than going straight back to the host poller.
+const busyChunks = 4
+
 // wake is the readability callback (on gVisor's packet path).
 func (c *tcpCopy) wake() {
 	if c.armed.CompareAndSwap(true, false) {
@@ -302,6 +307,8 @@ func (c *tcpCopy) idle() {
 // for data that may already be gone).
 func (c *tcpCopy) run(poll bool) {
 	f, r := c.s.f, c.s.r
+	woke := poll // started by a readability callback
+	chunks := 0  // reads with data in this run
 	bytes, packets := &f.bytesIn, &f.packetsIn
 	if c.out {
 		bytes, packets = &f.bytesOut, &f.packetsOut
@@ -316,7 +323,11 @@ func (c *tcpCopy) run(poll bool) {
 			var ready bool
 			data, release, ready, err = c.src.readNow()
 			if !ready {
-				if c.notify != nil {
+				if c.notify != nil || c.hw != nil && woke && chunks < busyChunks {
+					// (A host socket the poller woke for a little data
+					// goes straight back to it: a flow idle for a while
+					// that moves a message now and then keeps no
+					// goroutine waiting for hostIdleWait.)
 					c.idle()
 				} else {
 					// Wait on a fresh, small stack; the count of r.wg
@@ -353,6 +364,7 @@ func (c *tcpCopy) run(poll bool) {
 		if len(data) > 0 || c.s.datagram && err == nil {
 			// (An empty datagram is a datagram.)
 			poll = true
+			chunks++
 			// Count before writing, so that whoever sees the data also
 			// sees it counted.
 			f.touch(r.now())
