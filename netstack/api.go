@@ -157,6 +157,7 @@ type Stats struct {
 	EchoUnhandled                         uint64 // echo requests to foreign addresses with no handler set
 	ICMPErrorsSent                        uint64 // unreachable/time-exceeded messages we crafted
 	ICMPErrorsLimited                     uint64 // ... not sent: over the stack's ICMP rate limit
+	DHCPQueueDrops                        uint64 // DHCP datagrams dropped: the ListenDHCP conn's queue (64) was full
 
 	// IPv6 router duties (with Config.Addr6).
 	RouterSolicits uint64 // valid Router Solicitations received

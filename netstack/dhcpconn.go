@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -30,6 +31,7 @@ const dhcpQueue = 64
 type dhcpConn struct {
 	uni, bc *gonet.UDPConn
 	ch      chan dhcpDatagram
+	drops   *atomic.Uint64 // datagrams dropped: queue full
 	done    chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -56,7 +58,7 @@ func (st *Stack) listenDHCP() (*dhcpConn, error) {
 		uni.Close()
 		return nil, err
 	}
-	c := &dhcpConn{uni: uni, bc: bc, ch: make(chan dhcpDatagram, dhcpQueue),
+	c := &dhcpConn{uni: uni, bc: bc, ch: make(chan dhcpDatagram, dhcpQueue), drops: &st.fctr.dhcpQueueDrops,
 		done: make(chan struct{}), wake: make(chan struct{})}
 	c.wg.Add(2)
 	go c.readLoop(uni)
@@ -91,7 +93,8 @@ func (c *dhcpConn) readLoop(s *gonet.UDPConn) {
 		case c.ch <- dhcpDatagram{b: append([]byte(nil), buf[:n]...), from: from}:
 		case <-c.done:
 			return
-		default: // queue full: drop
+		default: // queue full: drop (counted; clients retransmit)
+			c.drops.Add(1)
 		}
 	}
 }

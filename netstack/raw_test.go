@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -604,5 +605,42 @@ func TestProbeAddrSendsRFC5227Probes(t *testing.T) {
 	r.send(arpFrame(header.ARPReply, otherMAC, target, routerMAC, netip.IPv4Unspecified(), routerMAC))
 	if err := <-res; err != nil {
 		t.Fatalf("ProbeAddr of an answering address: %v", err)
+	}
+}
+
+func TestListenDHCPQueueDropsCounted(t *testing.T) {
+	r := newRaw(t, netstack.Config{})
+	pc, err := r.st.ListenDHCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	const sent = 200
+	client := netip.MustParseAddrPort("0.0.0.0:68")
+	frames := make([][]byte, sent)
+	for i := range frames {
+		frames[i] = udpFrame(bcastMAC, hostMAC, client, netip.MustParseAddrPort("255.255.255.255:67"), []byte(fmt.Sprintf("DISCOVER %d", i)))
+	}
+	r.send(frames...)
+	// Nobody reads: the conn's queue takes 64, the rest is dropped and
+	// counted (or, earlier, dropped by the socket and counted by gVisor).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := r.st.Stats()
+		if s.DHCPQueueDrops+s.UDPReceiveBufferErrors == sent-64 {
+			if s.DHCPQueueDrops == 0 {
+				t.Fatalf("no queue drops counted: %+v", s)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drops: queue %d + socket %d, want %d", s.DHCPQueueDrops, s.UDPReceiveBufferErrors, sent-64)
+		}
+		time.Sleep(5 * time.Millisecond) // counters: polled, bounded by the deadline
+	}
+	buf := make([]byte, 1500)
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "DISCOVER 0" {
+		t.Fatalf("first queued datagram %q %v", buf[:n], err)
 	}
 }

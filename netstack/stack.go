@@ -105,6 +105,7 @@ type flowCounters struct {
 	udpRequests, udpAccepted, udpRejected, udpPendingDrops atomic.Uint64
 	echoRequests, echoUnhandled, icmpErrorsSent            atomic.Uint64
 	icmpErrorsLimited                                      atomic.Uint64
+	dhcpQueueDrops                                         atomic.Uint64
 }
 
 // New starts a virtual host on link. It starts one goroutine reading frames
@@ -453,6 +454,7 @@ func (st *Stack) Stats() Stats {
 		UDPRejected: f.udpRejected.Load(), UDPPendingDrops: f.udpPendingDrops.Load(),
 		EchoRequests: f.echoRequests.Load(), EchoUnhandled: f.echoUnhandled.Load(),
 		ICMPErrorsSent: f.icmpErrorsSent.Load(), ICMPErrorsLimited: f.icmpErrorsLimited.Load(),
+		DHCPQueueDrops: f.dhcpQueueDrops.Load(),
 
 		TCPActiveOpens:    g.TCP.ActiveConnectionOpenings.Value(),
 		TCPPassiveOpens:   g.TCP.PassiveConnectionOpenings.Value(),

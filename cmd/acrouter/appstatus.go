@@ -158,6 +158,9 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_dhcp_pool_exhausted_total", "DISCOVERs that found no free address.", ds.PoolExhausted)
 		counter("acrouter_dhcp_rate_limited_total", "Requests of new clients dropped by the new-client rate cap (starvation defence).", ds.RateLimited)
 		counter("acrouter_dhcp_broadcast_limited_total", "Broadcast replies (and DISCOVERs needing one) dropped to stay under the hub's broadcast storm filter.", ds.BroadcastLimited)
+		if a.stack != nil {
+			counter("acrouter_dhcp_queue_drops_total", "DHCP datagrams dropped before the server read them (socket queue full).", a.stack.Stats().DHCPQueueDrops)
+		}
 		counter("acrouter_dhcp_probe_busy_total", "DISCOVERs dropped because the conflict-probe budget was spent.", ds.ProbeBusy)
 		counter("acrouter_dhcp_probation_total", "Probation leases granted and confirmed by a renewal.", ds.ProbationGranted, "kind", "granted")
 		counter("acrouter_dhcp_probation_total", "Probation leases granted and confirmed by a renewal.", ds.ProbationConfirmed, "kind", "confirmed")
