@@ -510,7 +510,7 @@ var idleMem struct {
 // goroutine stack memory and the goroutines per flow, with 500 UDP and 500 TCP flows open through the
 // in-process path. It measures once; b.N only repeats the report.
 func BenchmarkIdleFlowMemory(b *testing.B) {
-	idleMem.once.Do(func() { measureIdleFlows(b) })
+	idleMem.once.Do(func() { idleMem.heap, idleMem.stack, idleMem.goroutines = measureIdleFlows(b, 500, 500) })
 	for b.Loop() {
 	}
 	b.ReportMetric(idleMem.heap, "heap-bytes/flow")
@@ -518,14 +518,36 @@ func BenchmarkIdleFlowMemory(b *testing.B) {
 	b.ReportMetric(idleMem.goroutines, "goroutines/flow")
 }
 
-func measureIdleFlows(b *testing.B) {
-	const n = 500
+// BenchmarkIdleFlowMemoryByProto is BenchmarkIdleFlowMemory with 500 flows
+// of one protocol (tcp, udp) at a time. It measures once per protocol.
+func BenchmarkIdleFlowMemoryByProto(b *testing.B) {
+	for _, p := range []string{"tcp", "udp"} {
+		b.Run(p, func(b *testing.B) {
+			var heap, stack, gs float64
+			if p == "tcp" {
+				heap, stack, gs = measureIdleFlows(b, 500, 0)
+			} else {
+				heap, stack, gs = measureIdleFlows(b, 0, 500)
+			}
+			for b.Loop() {
+			}
+			b.ReportMetric(heap, "heap-bytes/flow")
+			b.ReportMetric(stack, "stack-bytes/flow")
+			b.ReportMetric(gs, "goroutines/flow")
+		})
+	}
+}
+
+// measureIdleFlows opens nTCP TCP and nUDP UDP flows, lets them go idle
+// and returns the heap, stack and goroutines held per flow.
+func measureIdleFlows(b *testing.B, nTCP, nUDP int) (heap, stack, goroutines float64) {
+	n := nTCP + nUDP
 	var ms0, ms1 runtime.MemStats
 	runtime.GC()
 	runtime.GC() // twice: sync.Pool keeps a victim cache across one GC
 	runtime.ReadMemStats(&ms0)
 	g0 := runtime.NumGoroutine()
-	r, h := newNetRouter(b, Config{NoDefaultDeny: true, MaxSessionsPerClient: 2 * n})
+	r, h := newNetRouter(b, Config{NoDefaultDeny: true, MaxSessionsPerClient: n})
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
@@ -544,24 +566,29 @@ func measureIdleFlows(b *testing.B) {
 			c.Close()
 		}
 	})
-	for range n {
-		u, err := h.DialUDP(udpDst)
-		if err != nil {
-			b.Fatal(err)
+	for i := range max(nTCP, nUDP) {
+		if i < nUDP {
+			u, err := h.DialUDP(udpDst)
+			if err != nil {
+				b.Fatal(err)
+			}
+			u.Write([]byte("x"))
+			conns = append(conns, u)
 		}
-		u.Write([]byte("x"))
-		c, err := h.DialTCP(ctxT(b), tcpDst)
-		if err != nil {
-			b.Fatal(err)
+		if i < nTCP {
+			c, err := h.DialTCP(ctxT(b), tcpDst)
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := ln.Accept()
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c, s)
 		}
-		s, err := ln.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns = append(conns, u, c, s)
 	}
 	deadline := time.Now().Add(waitLimit)
-	for r.Stats().FlowsOpen < 2*n {
+	for r.Stats().FlowsOpen < n {
 		if time.Now().After(deadline) {
 			b.Fatalf("only %d flows open", r.Stats().FlowsOpen)
 		}
@@ -571,9 +598,10 @@ func measureIdleFlows(b *testing.B) {
 	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&ms1)
-	idleMem.heap = float64(int64(ms1.HeapInuse)-int64(ms0.HeapInuse)) / (2 * n)
-	idleMem.stack = float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / (2 * n)
-	idleMem.goroutines = float64(runtime.NumGoroutine()-g0) / (2 * n)
+	heap = float64(int64(ms1.HeapInuse)-int64(ms0.HeapInuse)) / float64(n)
+	stack = float64(int64(ms1.StackInuse)-int64(ms0.StackInuse)) / float64(n)
+	goroutines = float64(runtime.NumGoroutine()-g0) / float64(n)
+	return heap, stack, goroutines
 }
 
 func TestNetUDPIdleExpiryAndNewFlow(t *testing.T) {
