@@ -116,7 +116,13 @@ func (p *hostPoller) failAll() {
 
 // close makes loop return.
 func (p *hostPoller) close() {
-	p.stop.Do(func() { syscall.Write(p.wakeW, []byte{0}) })
+	p.stop.Do(func() {
+		p.life.RLock()
+		defer p.life.RUnlock()
+		if !p.closed { // else loop has ended and closed the pipe
+			syscall.Write(p.wakeW, []byte{0})
+		}
+	})
 }
 
 // hostWatch is one host socket's registration. Its reader owns it while
