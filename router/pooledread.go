@@ -264,8 +264,9 @@ const (
 	bigReadIdle = time.Second
 )
 
-// streamReader reads a stream conn that cannot report readiness (a
-// netstack conn from DialTCP or a listener) without pinning a pool buffer while idle: it blocks on
+// streamReader reads a stream conn that cannot report readiness (netstack's
+// conns all can now; other net.Conns, such as tests' pipes) without pinning
+// a pool buffer while idle: it blocks on
 // a small per-flow buffer, switches to a pool buffer once data flows, and
 // gives the pool buffer back when a read sees no data for bigReadIdle (a
 // read deadline, refreshed at most twice per bigReadIdle while data flows).
