@@ -36,6 +36,9 @@ func TestDialTCPToClient(t *testing.T) {
 			return
 		}
 		defer c.Close()
+		// Taken now: once both sides have closed, gonet's RemoteAddr
+		// returns a nil interface.
+		remote := c.RemoteAddr().String()
 		got, err := io.ReadAll(c) // until the router's FIN
 		if err == nil {
 			_, err = c.Write([]byte("reply after your FIN"))
@@ -43,7 +46,7 @@ func TestDialTCPToClient(t *testing.T) {
 		if err == nil {
 			err = c.(netstack.TCPConn).CloseWrite()
 		}
-		done <- accepted{remote: c.RemoteAddr().String(), got: got, err: err}
+		done <- accepted{remote: remote, got: got, err: err}
 	}()
 	dst := netip.AddrPortFrom(hostPfx.Addr(), 2222)
 	c, err := e.st.DialTCP(ctxT(t), dst)
