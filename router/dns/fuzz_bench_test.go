@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
 )
@@ -59,11 +60,13 @@ func FuzzHandleQuery(f *testing.F) {
 	})
 }
 
-// udpRoundTrip sends q on c and reads one reply.
+// udpRoundTrip sends q on c and reads one reply (a lost datagram fails the
+// benchmark instead of hanging it).
 func udpRoundTrip(b *testing.B, c net.Conn, q, buf []byte) {
 	if _, err := c.Write(q); err != nil {
 		b.Fatal(err)
 	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	n, err := c.Read(buf)
 	if err != nil || n < 12 || binary.BigEndian.Uint16(buf) != binary.BigEndian.Uint16(q) {
 		b.Fatalf("bad reply: %v", err)

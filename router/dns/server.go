@@ -60,6 +60,7 @@ type Server struct {
 	tcps     []net.Listener   // guarded by mu
 	inflight chan struct{}
 	jobs     chan udpJob // unbuffered: idle workers wait on it
+	workers  atomic.Int64
 	tcpSem   chan struct{}
 
 	ctx    context.Context
@@ -308,14 +309,27 @@ const workerIdle = 30 * time.Second
 func (s *Server) dispatch(j udpJob) {
 	select {
 	case s.jobs <- j:
+		return
 	default:
+	}
+	if s.workers.Add(1) <= int64(cap(s.inflight)) {
 		s.wg.Add(1)
 		go s.worker(j)
+		return
+	}
+	// As many workers as inflight slots (some just finishing a job): wait
+	// for one; every job ends within QueryTimeout.
+	s.workers.Add(-1)
+	select {
+	case s.jobs <- j:
+	case <-s.ctx.Done():
+		<-s.inflight
 	}
 }
 
 func (s *Server) worker(j udpJob) {
 	defer s.wg.Done()
+	defer s.workers.Add(-1)
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {

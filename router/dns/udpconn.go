@@ -43,7 +43,10 @@ const (
 	sockMaxAge        = 10 * time.Second
 	poolIdlePerServer = 8 // idle sockets kept per upstream
 	mismatchRetries   = 2 // fresh sockets tried after unexpected datagrams
-	maxUDPReply       = 65535
+	// maxUDPReply is the read buffer: we advertise at most 4096 bytes
+	// (upstreamQuery), so a longer datagram is a broken upstream and fails
+	// to unpack, as it did with miekg's client.
+	maxUDPReply = 8192
 )
 
 // errMismatch marks an unexpected datagram on an upstream socket.

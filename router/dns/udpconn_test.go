@@ -3,6 +3,7 @@ package dns
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -294,4 +295,69 @@ func FuzzCheckReply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// MaxInflight bounds concurrent upstream exchanges (the rest get SERVFAIL
+// at once) and the worker goroutines, which are reused afterwards.
+func TestInflightCapAndWorkers(t *testing.T) {
+	g := &gateExchanger{started: make(chan struct{}, 16), release: make(chan struct{})}
+	ts := startServer(t, Config{Upstreams: []string{"192.0.2.1:53"}, upstream: g, MaxInflight: 2, CacheSize: -1})
+	c, err := net.Dial("udp", ts.udpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 5 {
+		q := query(fmt.Sprintf("n%d.example.", i), mdns.TypeA)
+		q.Id = uint16(100 + i)
+		if _, err := c.Write(packed(t, q)); err != nil {
+			t.Fatal(err)
+		}
+		if i < 2 {
+			<-g.started // the first two hold both slots
+		}
+	}
+	buf := make([]byte, 4096)
+	read := func() *mdns.Msg {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(mdns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for range 3 {
+		if m := read(); m.Rcode != mdns.RcodeServerFailure || m.Id < 102 {
+			t.Fatalf("over the cap: id %d rcode %s, want SERVFAIL for 102..104", m.Id, mdns.RcodeToString[m.Rcode])
+		}
+	}
+	if w := ts.srv.workers.Load(); w != 2 {
+		t.Fatalf("%d workers for 2 exchanges in flight", w)
+	}
+	close(g.release)
+	for range 2 {
+		if m := read(); m.Rcode != mdns.RcodeSuccess {
+			t.Fatalf("released query: rcode %s", mdns.RcodeToString[m.Rcode])
+		}
+	}
+	for i := range 20 { // sequential misses reuse the idle workers
+		q := query(fmt.Sprintf("s%d.example.", i), mdns.TypeA)
+		if _, err := c.Write(packed(t, q)); err != nil {
+			t.Fatal(err)
+		}
+		<-g.started
+		if m := read(); m.Rcode != mdns.RcodeSuccess {
+			t.Fatalf("rcode %s", mdns.RcodeToString[m.Rcode])
+		}
+	}
+	if w := ts.srv.workers.Load(); w > 2 {
+		t.Fatalf("%d workers after sequential queries, cap 2", w)
+	}
+	if st := ts.srv.Stats(); st.Busy != 3 {
+		t.Fatalf("Busy %d, want 3", st.Busy)
+	}
 }
