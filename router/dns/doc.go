@@ -4,8 +4,11 @@
 //
 // It serves any net.PacketConn / net.Listener (gVisor gonet conns in
 // production, loopback sockets in tests) and depends only on the standard
-// library and github.com/miekg/dns (v1) for the message codec and upstream
-// exchanges.
+// library and github.com/miekg/dns (v1) for the message codec and TCP
+// upstream exchanges. UDP upstream exchanges use a small pool of connected
+// sockets per upstream with random IDs, strict reply matching and socket
+// rotation (udpconn.go states the anti-spoofing scheme); misses run on
+// long-lived workers, at most MaxInflight.
 //
 // SecureNAT relays UDP queries as packets to the host's first IPv4
 // resolver and has no TCP, cache or local names (src/Cedar/Virtual.c,
