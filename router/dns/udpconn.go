@@ -68,6 +68,7 @@ type udpPool struct {
 	closed bool
 	idle   map[string][]*upSock
 	inUse  map[*upSock]struct{} // aborted by close
+	swept  time.Time            // last sweep of expired idle sockets
 }
 
 func newUDPPool() *udpPool {
@@ -147,6 +148,7 @@ func (p *udpPool) put(server string, s *upSock) {
 		s.c.Close()
 		return
 	}
+	now := time.Now()
 	p.mu.Lock()
 	if p.closed || len(p.idle[server]) >= poolIdlePerServer {
 		p.mu.Unlock()
@@ -154,7 +156,33 @@ func (p *udpPool) put(server string, s *upSock) {
 		return
 	}
 	p.idle[server] = append(p.idle[server], s)
+	if now.Sub(p.swept) >= sockMaxAge {
+		p.sweep(now)
+	}
 	p.mu.Unlock()
+}
+
+// sweep closes idle sockets past their age, also those of upstreams no
+// longer asked (a resolv.conf change), so the pool stays bounded by the
+// upstreams in use. p.mu is held.
+func (p *udpPool) sweep(now time.Time) {
+	p.swept = now
+	for k, l := range p.idle {
+		kept := l[:0]
+		for _, s := range l {
+			if now.Sub(s.born) < sockMaxAge {
+				kept = append(kept, s)
+			} else {
+				s.c.Close()
+			}
+		}
+		clear(l[len(kept):])
+		if len(kept) == 0 {
+			delete(p.idle, k)
+		} else {
+			p.idle[k] = kept
+		}
+	}
 }
 
 // close closes every idle socket and wakes the exchanges in flight (their

@@ -361,3 +361,29 @@ func TestInflightCapAndWorkers(t *testing.T) {
 		t.Fatalf("Busy %d, want 3", st.Busy)
 	}
 }
+
+// Idle sockets past their age are closed even when their upstream is
+// never asked again (a resolv.conf change).
+func TestUpstreamPoolSweep(t *testing.T) {
+	p := newUDPPool()
+	defer p.close()
+	up := newRawUpstream(t, func(n int, q *mdns.Msg) [][]byte { return [][]byte{packed(t, records("udp", q))} })
+	s, err := p.get(up.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.release(up.addr, s, true)
+	if len(p.idle[up.addr]) != 1 {
+		t.Fatalf("idle %v", p.idle)
+	}
+	s.born = s.born.Add(-2 * sockMaxAge) // as if it had idled that long
+	p.mu.Lock()
+	p.sweep(time.Now())
+	p.mu.Unlock()
+	if len(p.idle) != 0 {
+		t.Fatalf("expired socket kept: %v", p.idle)
+	}
+	if _, err := s.c.Write([]byte{0}); err == nil {
+		t.Fatal("expired socket not closed")
+	}
+}
