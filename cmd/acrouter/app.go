@@ -346,7 +346,10 @@ func (a *app) start() error {
 			// An ARP answer on a hub takes milliseconds; the 1 s default
 			// made every fresh lease take over a second.
 			ProbeTimeout: 250 * time.Millisecond,
-			OnChange:     a.publishLeaseNames,
+			// ... and the next free address is probed in advance, so a
+			// new client's OFFER does not wait for it at all.
+			PreProbe: true,
+			OnChange: a.publishLeaseNames,
 			// Starvation defence: our 0 means off where the library's 0
 			// means its default.
 			NewClientRate:       cfg.DHCP.NewClientRate,

@@ -102,6 +102,11 @@ type Config struct {
 	// within a second or two of the OFFER, and a short hold bounds what a
 	// DISCOVER flood can tie up (see guard.go).
 	OfferHold time.Duration
+	// PreProbe keeps the address the next new client would get probed in
+	// advance (in the background, at start and after each offer of a
+	// fresh address; trusted for 30 s), so that a new client's OFFER needs
+	// no probe and goes out at once instead of after ProbeTimeout.
+	PreProbe bool
 
 	// Starvation defence (see guard.go for the design and the bound it gives).
 	//

@@ -147,6 +147,17 @@ func (p *pool) choose(key, mac string, requested uint32, now time.Time) (ip uint
 	return ip, true, ok
 }
 
+// peekNew returns the never-used address free would give a new client
+// next (0 when that range is exhausted), without taking it.
+func (p *pool) peekNew() uint32 {
+	for ip := p.next; ip != 0 && ip <= p.d.poolEnd; ip++ {
+		if p.byIP[ip] == nil && !p.special(ip) {
+			return ip
+		}
+	}
+	return 0
+}
+
 // free returns an address with no record (ascending from p.next), else the
 // inactive record that has been inactive longest.
 func (p *pool) free(key, mac string, now time.Time) (uint32, bool) {

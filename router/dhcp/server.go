@@ -63,8 +63,12 @@ type Server struct {
 	rl    *rateLog
 	probe func(ctx context.Context, ip uint32) (bool, error)
 
-	mu   sync.Mutex // guards pool
+	mu   sync.Mutex // guards pool, preProbed, preRunning
 	pool *pool
+	// Config.PreProbe: addresses found free by a probe in advance (when),
+	// and whether such a probe runs.
+	preProbed  map[uint32]time.Time
+	preRunning bool
 
 	wmu   sync.Mutex // serialises conn writes (serve loop and probe goroutines)
 	bcast *bucket    // broadcast replies (guarded by wmu); nil: unlimited
@@ -97,6 +101,7 @@ func New(conn net.PacketConn, cfg Config) (*Server, error) {
 	s.wg.Add(2)
 	go s.serve()
 	go s.saver()
+	s.kickPreProbe()
 	return s, nil
 }
 
@@ -108,7 +113,8 @@ func newServer(conn net.PacketConn, cfg Config) (*Server, error) {
 	s := &Server{
 		conn: conn, cfg: cfg, d: d, log: d.log, rl: newRateLog(d.now),
 		pool: newPool(d), probeSem: make(chan struct{}, maxProbes), saveCh: make(chan struct{}, 1),
-		bcast: newBucket(d.bcastRate, d.bcastBurst), probes: newBucket(probeRate, probeBurst),
+		preProbed: make(map[uint32]time.Time),
+		bcast:     newBucket(d.bcastRate, d.bcastBurst), probes: newBucket(probeRate, probeBurst),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if cfg.Probe != nil {
@@ -316,10 +322,14 @@ func (s *Server) handleDiscover(req *dhcpv4.DHCPv4) {
 	}
 	hw := append(net.HardwareAddr(nil), req.ClientHWAddr...)
 	s.pool.offer(key, hw, cid, ip, host, now)
+	preProbed := fresh && s.takePreProbedLocked(ip, now)
 	s.mu.Unlock()
 
-	if !fresh || s.probe == nil {
+	if !fresh || s.probe == nil || preProbed {
 		s.sendOffer(req, key, mac, ip)
+		if fresh {
+			s.kickPreProbe()
+		}
 		return
 	}
 	busy := true
@@ -372,6 +382,7 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 		}
 		if err != nil || !inUse {
 			s.sendOffer(req, key, mac, ip)
+			s.kickPreProbe()
 			return
 		}
 		s.c.probeInUse.Add(1)
@@ -401,6 +412,73 @@ func (s *Server) probeAndOffer(req *dhcpv4.DHCPv4, key, mac string, hw net.Hardw
 	s.pool.cancelOffer(key, s.d.now())
 	s.mu.Unlock()
 	s.rl.warn(s.log, "probegiveup", "dhcp: too many addresses in use; no offer", "mac", mac)
+}
+
+// preProbeFresh is how long a probe in advance (Config.PreProbe) vouches
+// for an address.
+const preProbeFresh = 30 * time.Second
+
+// takePreProbedLocked reports (and forgets) whether ip was found free by a
+// probe in advance within preProbeFresh. mu is held.
+func (s *Server) takePreProbedLocked(ip uint32, now time.Time) bool {
+	t, ok := s.preProbed[ip]
+	delete(s.preProbed, ip)
+	return ok && now.Sub(t) >= 0 && now.Sub(t) < preProbeFresh
+}
+
+// kickPreProbe (Config.PreProbe) probes the address the next new client
+// would be offered, in the background, so that its DISCOVER is answered at
+// once instead of after ProbeTimeout. One such probe at a time, within the
+// probe rate; it runs at start and after every offer of a fresh address.
+func (s *Server) kickPreProbe() {
+	if !s.cfg.PreProbe || s.probe == nil || s.ctx.Err() != nil {
+		return
+	}
+	now := s.d.now()
+	s.mu.Lock()
+	ip := s.pool.peekNew()
+	t, known := s.preProbed[ip]
+	if s.preRunning || ip == 0 || known && now.Sub(t) < preProbeFresh/2 || !s.probes.take(now) {
+		s.mu.Unlock()
+		return
+	}
+	select {
+	case s.probeSem <- struct{}{}:
+	default:
+		s.probes.refund()
+		s.mu.Unlock()
+		return
+	}
+	s.preRunning = true
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.probeSem }()
+		ctx, cancel := context.WithTimeout(s.ctx, s.d.probeTimeout)
+		inUse, err := s.probe(ctx, ip)
+		cancel()
+		now := s.d.now()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.preRunning = false
+		if s.ctx.Err() != nil {
+			return
+		}
+		switch {
+		case errors.Is(err, context.DeadlineExceeded) || err == nil && !inUse:
+			for a, t := range s.preProbed { // a few entries at most
+				if now.Sub(t) >= preProbeFresh {
+					delete(s.preProbed, a)
+				}
+			}
+			s.preProbed[ip] = now
+		case err == nil && inUse:
+			s.c.probeInUse.Add(1)
+			s.pool.quarantine(ip, now)
+			s.log.Warn("dhcp: address in use by an unknown host; quarantined", "ip", u2a(ip), "for", s.d.quarantine)
+		}
+	}()
 }
 
 // sendOffer offers ip with the lease time a REQUEST would get now.

@@ -652,3 +652,59 @@ func TestCloseAbortsProbe(t *testing.T) {
 	}
 	h.noPending()
 }
+
+func TestPreProbeOffersAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	var probed []string
+	cfg := baseConfig()
+	cfg.PreProbe = true
+	cfg.Probe = func(ctx context.Context, ip netip.Addr) (bool, error) {
+		mu.Lock()
+		probed = append(probed, ip.String())
+		mu.Unlock()
+		return false, nil
+	}
+	h := start(t, cfg)
+	waitPreProbed := func(ip string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			h.srv.mu.Lock()
+			_, ok := h.srv.preProbed[a4(netip.MustParseAddr(ip))]
+			running := h.srv.preRunning
+			h.srv.mu.Unlock()
+			if ok && !running {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never probed in advance", ip)
+			}
+			time.Sleep(time.Millisecond) // a background goroutine's result: polled, bounded
+		}
+	}
+	waitPreProbed("192.168.30.10")
+	h.send(discover(1))
+	offer, _ := h.recv()
+	if !offer.YourIPAddr.Equal(ip4("192.168.30.10")) {
+		t.Fatalf("offered %v, want .10", offer.YourIPAddr)
+	}
+	// The offer needed no probe of its own; the next address is probed
+	// in advance instead.
+	waitPreProbed("192.168.30.11")
+	mu.Lock()
+	got := append([]string(nil), probed...)
+	mu.Unlock()
+	if len(got) != 2 || got[0] != "192.168.30.10" || got[1] != "192.168.30.11" {
+		t.Fatalf("probed %v, want .10 (in advance) and .11 (in advance)", got)
+	}
+	// A pre-probe older than its freshness is not trusted.
+	h.clk.Advance(preProbeFresh + time.Second)
+	h.send(discover(2))
+	offer, _ = h.recv()
+	mu.Lock()
+	n := len(probed)
+	mu.Unlock()
+	if !offer.YourIPAddr.Equal(ip4("192.168.30.11")) || n < 3 {
+		t.Fatalf("stale pre-probe: offered %v after %d probes, want .11 probed again", offer.YourIPAddr, n)
+	}
+}
