@@ -188,6 +188,7 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_dns_servfail_total", "SERVFAILs sent because every upstream failed.", ns.ServFail)
 		counter("acrouter_dns_rate_limited_total", "Queries refused by the per-client rate limit.", ns.RateLimited)
 		counter("acrouter_dns_upstream_errors_total", "Failed upstream attempts.", ns.UpstreamErrors)
+		counter("acrouter_dns_upstream_mismatches_total", "Upstream replies rejected for a wrong ID or question (possible spoofing); the query was retried on a fresh socket.", ns.UpstreamMismatches)
 	}
 	return m
 }
