@@ -3,7 +3,6 @@ package netstack
 import (
 	"errors"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"time"
@@ -27,22 +26,11 @@ import (
 // once ep.Write returns. Deadline channels are made only when a deadline is
 // set or a call has to wait.
 type tcpConn struct {
-	ep tcpip.Endpoint
-	wq *waiter.Queue
-
-	rmu sync.Mutex // serializes Read
-	rdl deadline
-
-	wmu sync.Mutex  // serializes Write: pl is shared
-	pl  sliceReader // guarded by wmu
-	wdl deadline
-
-	onReadable func()       // OnReadable's callback; set before entry is registered
-	entry      waiter.Entry // OnReadable's registration (c is its listener)
+	epConn
 }
 
 func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
-	return &tcpConn{ep: ep, wq: wq}
+	return &tcpConn{epConn{ep: ep, wq: wq, network: "tcp", readable: waiter.ReadableEvents}}
 }
 
 // sliceReader is a tcpip.Payloader over b.
@@ -162,81 +150,6 @@ func (c *tcpConn) CloseWrite() error {
 	}
 	return nil
 }
-
-func (c *tcpConn) LocalAddr() net.Addr {
-	a, err := c.ep.GetLocalAddress()
-	if err != nil {
-		return nil
-	}
-	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
-}
-
-func (c *tcpConn) RemoteAddr() net.Addr {
-	a, err := c.ep.GetRemoteAddress()
-	if err != nil {
-		return nil
-	}
-	return &net.TCPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
-}
-
-func (c *tcpConn) SetDeadline(t time.Time) error {
-	c.rdl.set(t)
-	c.wdl.set(t)
-	return nil
-}
-
-func (c *tcpConn) SetReadDeadline(t time.Time) error {
-	c.rdl.set(t)
-	return nil
-}
-
-func (c *tcpConn) SetWriteDeadline(t time.Time) error {
-	c.wdl.set(t)
-	return nil
-}
-
-func (c *tcpConn) opError(op string, err error) *net.OpError {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-}
-
-// WaitReadable blocks until a Read would not block: data is queued, the
-// peer has closed its side, or the connection is closed or failed. It holds
-// no buffer while it waits. It does not observe the read deadline; Close
-// ends the wait.
-func (c *tcpConn) WaitReadable() {
-	if c.Readable() {
-		return
-	}
-	entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	if c.Readable() {
-		return
-	}
-	<-ready
-}
-
-// Readable reports whether a Read would not block (as WaitReadable would
-// return at once).
-func (c *tcpConn) Readable() bool { return c.ep.Readiness(waiter.ReadableEvents) != 0 }
-
-// OnReadable registers fn to be called whenever the connection may have
-// become readable: data, the peer's FIN, close, an error. Calls can be
-// spurious and come often (once per arriving segment); fn runs on gVisor's
-// packet path, must not block and must not call stop. stop unregisters fn;
-// once it returns, fn is not called again. A conn has one such
-// registration at a time.
-func (c *tcpConn) OnReadable(fn func()) (stop func()) {
-	c.onReadable = fn
-	c.entry.Init(c, waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr)
-	c.wq.EventRegister(&c.entry)
-	return c.stopReadable
-}
-
-func (c *tcpConn) stopReadable() { c.wq.EventUnregister(&c.entry) }
-
-// NotifyEvent is the waiter.EventListener of OnReadable's registration.
-func (c *tcpConn) NotifyEvent(waiter.EventMask) { c.onReadable() }
 
 // deadline is a deadline as a channel that is closed while the deadline
 // has passed; a call waiting on it sees later changes (as net.Conn

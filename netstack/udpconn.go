@@ -5,8 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -17,22 +15,11 @@ import (
 // and OnReadable (as tcpConn), so that a flow's reader need hold neither a
 // datagram buffer nor a goroutine while no datagram is queued.
 type udpConn struct {
-	ep tcpip.Endpoint
-	wq *waiter.Queue
-
-	rmu sync.Mutex // serializes Read
-	rdl deadline
-
-	wmu sync.Mutex  // serializes Write: pl is shared
-	pl  sliceReader // guarded by wmu
-	wdl deadline
-
-	onReadable func()       // OnReadable's callback; set before entry is registered
-	entry      waiter.Entry // OnReadable's registration (c is its listener)
+	epConn
 }
 
 func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *udpConn {
-	return &udpConn{ep: ep, wq: wq}
+	return &udpConn{epConn{ep: ep, wq: wq, network: "udp", readable: waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr}}
 }
 
 // Read reads one datagram into b; a datagram longer than b is truncated
@@ -117,78 +104,3 @@ func (c *udpConn) Close() error {
 	c.ep.Close()
 	return nil
 }
-
-func (c *udpConn) LocalAddr() net.Addr {
-	a, err := c.ep.GetLocalAddress()
-	if err != nil {
-		return nil
-	}
-	return &net.UDPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
-}
-
-func (c *udpConn) RemoteAddr() net.Addr {
-	a, err := c.ep.GetRemoteAddress()
-	if err != nil {
-		return nil
-	}
-	return &net.UDPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
-}
-
-func (c *udpConn) SetDeadline(t time.Time) error {
-	c.rdl.set(t)
-	c.wdl.set(t)
-	return nil
-}
-
-func (c *udpConn) SetReadDeadline(t time.Time) error {
-	c.rdl.set(t)
-	return nil
-}
-
-func (c *udpConn) SetWriteDeadline(t time.Time) error {
-	c.wdl.set(t)
-	return nil
-}
-
-func (c *udpConn) opError(op string, err error) *net.OpError {
-	return &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-}
-
-// WaitReadable blocks until a Read would not block: a datagram is queued,
-// or the endpoint is closed or failed. It holds no buffer while it waits.
-// It does not observe the read deadline; Close ends the wait.
-func (c *udpConn) WaitReadable() {
-	if c.Readable() {
-		return
-	}
-	entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	if c.Readable() {
-		return
-	}
-	<-ready
-}
-
-// Readable reports whether a Read would not block (as WaitReadable would
-// return at once).
-func (c *udpConn) Readable() bool {
-	return c.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0
-}
-
-// OnReadable registers fn to be called whenever the conn may have become
-// readable (a datagram arrived, close, an error). Calls can be spurious;
-// fn runs on gVisor's packet path, must not block and must not call stop.
-// stop unregisters fn; once it returns, fn is not called again. A conn
-// has one such registration at a time.
-func (c *udpConn) OnReadable(fn func()) (stop func()) {
-	c.onReadable = fn
-	c.entry.Init(c, waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr)
-	c.wq.EventRegister(&c.entry)
-	return c.stopReadable
-}
-
-func (c *udpConn) stopReadable() { c.wq.EventUnregister(&c.entry) }
-
-// NotifyEvent is the waiter.EventListener of OnReadable's registration.
-func (c *udpConn) NotifyEvent(waiter.EventMask) { c.onReadable() }
