@@ -1,7 +1,10 @@
 package netstack
 
 import (
+	"errors"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -27,6 +30,50 @@ type epConn struct {
 
 	onReadable func()       // OnReadable's callback; set before entry is registered
 	entry      waiter.Entry // OnReadable's registration (c is its listener)
+}
+
+// read reads into b, waiting for data until the read deadline; io.EOF
+// once the peer closed its side (TCP FIN) or the endpoint was shut down.
+func (c *epConn) read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.rdl.expired() {
+		return 0, c.opError("read", os.ErrDeadlineExceeded)
+	}
+	w := tcpip.SliceWriter(b)
+	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
+	if _, ok := err.(*tcpip.ErrWouldBlock); ok {
+		entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents)
+		c.wq.EventRegister(&entry)
+		defer c.wq.EventUnregister(&entry)
+		expired := c.rdl.channel()
+		for {
+			res, err = c.ep.Read(&w, tcpip.ReadOptions{})
+			if _, ok := err.(*tcpip.ErrWouldBlock); !ok {
+				break
+			}
+			select {
+			case <-expired:
+				return 0, c.opError("read", os.ErrDeadlineExceeded)
+			case <-ready:
+			}
+		}
+	}
+	switch err.(type) {
+	case nil:
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	default:
+		return 0, c.opError("read", errors.New(err.String()))
+	}
+	return res.Count, nil
+}
+
+// Close closes the endpoint (TCP: a FIN, or RST if unread data is left); a
+// waiting Read or WaitReadable returns.
+func (c *epConn) Close() error {
+	c.ep.Close()
+	return nil
 }
 
 func (c *epConn) addr(a tcpip.FullAddress, err tcpip.Error) net.Addr {

@@ -49,41 +49,11 @@ func (r *sliceReader) Len() int { return len(r.b) }
 
 // Read reads data; it returns io.EOF after the peer's FIN.
 func (c *tcpConn) Read(b []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.rdl.expired() {
-		return 0, c.opError("read", os.ErrDeadlineExceeded)
+	n, err := c.read(b)
+	if n > 0 {
+		c.ep.ModerateRecvBuf(n)
 	}
-	w := tcpip.SliceWriter(b)
-	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
-	if _, ok := err.(*tcpip.ErrWouldBlock); ok {
-		entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents)
-		c.wq.EventRegister(&entry)
-		defer c.wq.EventUnregister(&entry)
-		expired := c.rdl.channel()
-		for {
-			res, err = c.ep.Read(&w, tcpip.ReadOptions{})
-			if _, ok := err.(*tcpip.ErrWouldBlock); !ok {
-				break
-			}
-			select {
-			case <-expired:
-				return 0, c.opError("read", os.ErrDeadlineExceeded)
-			case <-ready:
-			}
-		}
-	}
-	switch err.(type) {
-	case nil:
-	case *tcpip.ErrClosedForReceive:
-		return 0, io.EOF
-	default:
-		return 0, c.opError("read", errors.New(err.String()))
-	}
-	if res.Count > 0 {
-		c.ep.ModerateRecvBuf(res.Count)
-	}
-	return res.Count, nil
+	return n, err
 }
 
 // Write writes all of b unless the connection fails or the write deadline
@@ -127,12 +97,6 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// Close closes the connection (a FIN, or RST if unread data is left).
-func (c *tcpConn) Close() error {
-	c.ep.Close()
-	return nil
 }
 
 // CloseRead shuts down the read side; writes continue to work.

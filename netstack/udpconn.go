@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 
@@ -24,40 +23,7 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *udpConn {
 
 // Read reads one datagram into b; a datagram longer than b is truncated
 // (the rest is lost, as with a UDP socket).
-func (c *udpConn) Read(b []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	if c.rdl.expired() {
-		return 0, c.opError("read", os.ErrDeadlineExceeded)
-	}
-	w := tcpip.SliceWriter(b)
-	res, err := c.ep.Read(&w, tcpip.ReadOptions{})
-	if _, ok := err.(*tcpip.ErrWouldBlock); ok {
-		entry, ready := waiter.NewChannelEntry(waiter.ReadableEvents)
-		c.wq.EventRegister(&entry)
-		defer c.wq.EventUnregister(&entry)
-		expired := c.rdl.channel()
-		for {
-			res, err = c.ep.Read(&w, tcpip.ReadOptions{})
-			if _, ok := err.(*tcpip.ErrWouldBlock); !ok {
-				break
-			}
-			select {
-			case <-expired:
-				return 0, c.opError("read", os.ErrDeadlineExceeded)
-			case <-ready:
-			}
-		}
-	}
-	switch err.(type) {
-	case nil:
-	case *tcpip.ErrClosedForReceive:
-		return 0, io.EOF // as gonet
-	default:
-		return 0, c.opError("read", errors.New(err.String()))
-	}
-	return res.Count, nil
-}
+func (c *udpConn) Read(b []byte) (int, error) { return c.read(b) }
 
 // Write sends b as one datagram to the flow's source.
 func (c *udpConn) Write(b []byte) (int, error) {
@@ -97,10 +63,4 @@ func (c *udpConn) Write(b []byte) (int, error) {
 			return 0, c.opError("write", errors.New(err.String()))
 		}
 	}
-}
-
-// Close closes the endpoint; a waiting Read or WaitReadable returns.
-func (c *udpConn) Close() error {
-	c.ep.Close()
-	return nil
 }
