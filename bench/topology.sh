@@ -197,71 +197,8 @@ dns_down() {
 }
 
 # ------------------------------------------------------------------- bridge --
-seed_bridge_config() { # key names: SiLoadServerCfg (src/Cedar/Server.c); same switches as lab.sh's server
-	cat <<EOF
-# vpn_bridge.config seeded by acrouter bench/topology.sh
-declare root
-{
-	uint ConfigRevision 0
-	bool IPsecMessageDisplayed true
-	string Region US
-	bool VgsMessageDisplayed false
-
-	declare DDnsClient
-	{
-		bool Disabled true
-	}
-	declare IPsec
-	{
-		bool EtherIP_IPsec false
-		string IPsec_Secret bench
-		string L2TP_DefaultHub $TOPO_BRIDGE_HUB
-		bool L2TP_IPsec false
-		bool L2TP_Raw false
-	}
-	declare ListenerList
-	{
-		declare Listener0
-		{
-			bool DisableDos true
-			bool Enabled true
-			uint Port $TOPO_BRIDGE_PORT
-		}
-	}
-	declare ServerConfiguration
-	{
-		bool DisableNatTraversal true
-		bool EnableVpnAzure false
-		bool UseKeepConnect false
-		string KeepConnectHost 127.0.0.1
-		bool DisableJsonRpcWebApi true
-		bool EnableVpnOverIcmp false
-		bool EnableVpnOverDns false
-		bool DisableIPv6Listener true
-		bool DisableDosProtection true
-		bool DisableGetHostNameWhenAcceptTcp true
-		bool NoDebugDump true
-		string PortsUDP \$
-		uint MaxConnectionsPerIP 65535
-		uint MaxUnestablishedConnections 10000
-
-		declare Proto
-		{
-			declare OpenVPN
-			{
-				bool Enabled false
-			}
-			declare SSTP
-			{
-				bool Enabled false
-			}
-		}
-	}
-	declare VirtualHUB
-	{
-	}
-}
-EOF
+seed_bridge_config() { # the lab server's switches (lab.sh seed_config), as vpn_bridge.config
+	bash "$LAB" seed-config bridge "$TOPO_BRIDGE_PORT" "$TOPO_BRIDGE_HUB"
 }
 bridge_start() {
 	mkdir -p "$BR/lib" "$BR/log" "$BR/run" "$T"

@@ -29,7 +29,7 @@
 #   acr-lan    lanbr 10.77.0.1/24: httpd :8080, iperf3 :5201/:5202, UDP+TCP echo :7,
 #              dnsmasq :53 (zone lab.test, no upstream) ─────┘
 #
-# Usage: lab.sh install|up|down|purge|status|env|exec NS CMD..|vpncmd ARGS..|
+# Usage: lab.sh install|seed-config [server|bridge PORT HUB]|up|down|purge|status|env|exec NS CMD..|vpncmd ARGS..|
 #               dhcp clab|csnat|static clab|csnat [IP/PFX GW]|restart-server|kill-conns [PEER_IP[:PORT]|all] [server|client]
 set -euo pipefail
 
@@ -295,7 +295,16 @@ wait_listen() { # ns proto addr:port seconds
 }
 
 # ----------------------------------------------------------------- vpnserver --
+# seed_config [server|bridge [PORT HUB]]: vpn_server.config with everything that phones
+# home or listens beyond PORT off; `bridge` prints the same for bench/topology.sh's VPN
+# Bridge (vpn_bridge.config has the same format; it lacks the server-only keys).
 seed_config() {
+	local kind=${1:-server} port=${2:-$LAB_PORT} hub=${3:-$LAB_HUB}
+	if [ "$kind" = bridge ]; then
+		seed_config server "$port" "$hub" | sed -e '/^\tdeclare LocalBridgeList$/,/^\t}$/d' \
+			-e '/DisableSessionReconnect/d' -e '/ServerType/d' -e 's/vpn_server.config/vpn_bridge.config/'
+		return
+	fi
 	cat <<EOF
 # vpn_server.config seeded by acrouter lab/lab.sh (key names: SiLoadServerCfg, src/Cedar/Server.c)
 declare root
@@ -313,7 +322,7 @@ declare root
 	{
 		bool EtherIP_IPsec false
 		string IPsec_Secret lab
-		string L2TP_DefaultHub $LAB_HUB
+		string L2TP_DefaultHub $hub
 		bool L2TP_IPsec false
 		bool L2TP_Raw false
 	}
@@ -323,7 +332,7 @@ declare root
 		{
 			bool DisableDos true
 			bool Enabled true
-			uint Port $LAB_PORT
+			uint Port $port
 		}
 	}
 	declare LocalBridgeList
@@ -718,6 +727,7 @@ main() {
 	local c="${1:-help}"; [ $# -gt 0 ] && shift
 	case "$c" in
 	install) cmd_install ;;
+	seed-config) seed_config "$@" ;;
 	up) cmd_up ;;
 	down) cmd_down ;;
 	purge) cmd_purge ;;
