@@ -48,6 +48,7 @@ type linkCounters struct {
 	routerSolicits, raSent, raLimited       atomic.Uint64
 	foreignRAs                              atomic.Uint64
 	readErrors, writeErrors                 atomic.Uint64
+	acksDelayed, acksSuperseded             atomic.Uint64
 }
 
 // linkEndpoint is the stack's Ethernet NIC: a stack.LinkEndpoint on a Link.
@@ -86,6 +87,7 @@ type linkEndpoint struct {
 	free    [][]byte // recycled frame buffers (cap frameCap)
 	qclosed bool
 	wake    chan struct{} // cap 1: queue became non-empty or closed
+	ackh    *ackHolder    // delayed pure ACKs (ackhold.go); nil: none. Guarded by qmu.
 
 	// wmu serialises Link.WriteFrames (the Link allows one writer at a
 	// time) and guards batch. Lock order: wmu before qmu.
@@ -105,7 +107,7 @@ type linkEndpoint struct {
 
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
 
-func newLinkEndpoint(link Link, mac tcpip.LinkAddress, addr tcpip.Address, mtu uint32, log *slog.Logger, ctr *linkCounters) *linkEndpoint {
+func newLinkEndpoint(link Link, mac tcpip.LinkAddress, addr tcpip.Address, mtu uint32, ackHold time.Duration, log *slog.Logger, ctr *linkCounters) *linkEndpoint {
 	e := &linkEndpoint{
 		link:       link,
 		mac:        mac,
@@ -119,6 +121,9 @@ func newLinkEndpoint(link Link, mac tcpip.LinkAddress, addr tcpip.Address, mtu u
 	}
 	e.mtu.Store(mtu)
 	e.gro.Init(true)
+	if ackHold > 0 {
+		e.ackh = newACKHolder(ackHold, mtu, ctr, e.ackExpired)
+	}
 	return e
 }
 
@@ -218,6 +223,9 @@ func (e *linkEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 func (e *linkEndpoint) Close() {
 	e.closeOnce.Do(func() {
 		e.qmu.Lock()
+		if e.ackh != nil {
+			e.queue = e.ackh.drain(e.queue) // writeLoop sends what is queued before it exits
+		}
 		e.qclosed = true
 		e.qmu.Unlock()
 		e.kick()
@@ -281,6 +289,10 @@ func (e *linkEndpoint) writeDirect(pkts stack.PacketBufferList) (int, tcpip.Erro
 			if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
 				e.fixOutboundNS(f)
 			}
+			if f = e.holdACKLocked(f); f == nil {
+				n++ // held: the holder sends it later (or drops it, superseded)
+				continue
+			}
 			batch = append(batch, f)
 		}
 		e.qmu.Unlock()
@@ -318,7 +330,9 @@ func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 		if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
 			e.fixOutboundNS(f)
 		}
-		e.queue = append(e.queue, f)
+		if f = e.holdACKLocked(f); f != nil {
+			e.queue = append(e.queue, f)
+		}
 		n++
 	}
 	e.qmu.Unlock()
@@ -326,6 +340,37 @@ func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 		e.kick()
 	}
 	return n
+}
+
+// holdACKLocked passes f through the ACK holder: it returns f to send now,
+// or nil if the holder keeps it. A frame the holder drops (superseded) goes
+// back to the free list. qmu is held.
+func (e *linkEndpoint) holdACKLocked(f []byte) []byte {
+	if e.ackh == nil {
+		return f
+	}
+	send, dropped := e.ackh.filter(f)
+	if dropped != nil {
+		e.free = append(e.free, dropped[:cap(dropped)])
+	}
+	return send
+}
+
+// ackExpired runs on the ACK holder's timer: held ACKs whose time has come
+// go to the write queue.
+func (e *linkEndpoint) ackExpired() {
+	e.qmu.Lock()
+	if e.qclosed {
+		e.qmu.Unlock()
+		return
+	}
+	k := len(e.queue)
+	e.queue = e.ackh.takeDue(e.queue)
+	k = len(e.queue) - k
+	e.qmu.Unlock()
+	if k > 0 {
+		e.kick()
+	}
 }
 
 // enqueueFrames queues frames built outside gVisor (copied).

@@ -130,7 +130,7 @@ func (l *orderLink) WriteFrames(frames [][]byte) error {
 func TestWriteBackpressure(t *testing.T) {
 	l := &orderLink{captureLink: newCaptureLink()}
 	var ctr linkCounters
-	e := newLinkEndpoint(l, tcpip.LinkAddress(fzRouterMAC), tcpip.AddrFrom4(fzRouter.As4()), 1500, slog.New(slog.DiscardHandler), &ctr)
+	e := newLinkEndpoint(l, tcpip.LinkAddress(fzRouterMAC), tcpip.AddrFrom4(fzRouter.As4()), 1500, 0, slog.New(slog.DiscardHandler), &ctr)
 	e.start()
 	const n = 5 * writeQueueFrames
 	f := make([]byte, 60)

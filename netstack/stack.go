@@ -45,6 +45,12 @@ const (
 	// 1 MiB per RTT bounds one flow to ~280 Mbit/s at 30 ms RTT.
 	tcpRecvBufDefault = 1 << 20
 	tcpRecvBufMax     = 1 << 20
+
+	// defaultACKHold is Config.ACKHold's default (see bench/RESULTS.md,
+	// "delayed ACKs"). maxACKHold keeps a held ACK far below the peers'
+	// retransmission and tail-loss-probe timers (10 ms or more).
+	defaultACKHold    = 500 * time.Microsecond
+	maxACKHold        = 5 * time.Millisecond
 	tcpSendBufDefault = 1 << 20
 	tcpSendBufMax     = 6 << 20
 
@@ -138,7 +144,7 @@ func New(link Link, cfg Config) (*Stack, error) {
 	st.syns.init(2 * cfg.MaxInFlightSYN)
 	st.udp.init()
 
-	st.ep = newLinkEndpoint(link, st.mac, st.addr, uint32(cfg.MTU), st.log, &st.lctr)
+	st.ep = newLinkEndpoint(link, st.mac, st.addr, uint32(cfg.MTU), cfg.ACKHold, st.log, &st.lctr)
 	if cfg.OnForeignDHCPServer != nil {
 		st.ep.onDHCP = st.foreignDHCP
 	}
@@ -212,6 +218,12 @@ func (c *Config) withDefaults() error {
 	}
 	if c.MaxTCPReceiveBuffer < tcp.MinBufferSize || c.MaxTCPReceiveBuffer > 64<<20 {
 		return fmt.Errorf("netstack: MaxTCPReceiveBuffer %d out of range %d..%d", c.MaxTCPReceiveBuffer, tcp.MinBufferSize, 64<<20)
+	}
+	switch {
+	case c.ACKHold == 0:
+		c.ACKHold = defaultACKHold
+	case c.ACKHold > maxACKHold:
+		return fmt.Errorf("netstack: ACKHold %v above %v", c.ACKHold, maxACKHold)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -445,6 +457,7 @@ func (st *Stack) Stats() Stats {
 		DropNotForUs: l.dropNotForUs.Load(), DropOwnSource: l.dropOwnSource.Load(),
 		DropOtherProtocol: l.dropProto.Load(), DropARPOther: l.dropARPOther.Load(),
 		DropARPConflict: l.dropARPConflict.Load(), DropQueueFull: l.dropQueueFull.Load(),
+		ACKsDelayed: l.acksDelayed.Load(), ACKsCoalesced: l.acksSuperseded.Load(),
 		ReadErrors: l.readErrors.Load(), WriteErrors: l.writeErrors.Load(),
 
 		TCPRequests: f.tcpRequests.Load(), TCPAccepted: f.tcpAccepted.Load(),

@@ -18,7 +18,7 @@ import (
 func TestWritePacketsOrder(t *testing.T) {
 	l := &orderLink{captureLink: newCaptureLink()}
 	var ctr linkCounters
-	e := newLinkEndpoint(l, tcpip.LinkAddress(fzRouterMAC), tcpip.AddrFrom4(fzRouter.As4()), 1500, slog.New(slog.DiscardHandler), &ctr)
+	e := newLinkEndpoint(l, tcpip.LinkAddress(fzRouterMAC), tcpip.AddrFrom4(fzRouter.As4()), 1500, 0, slog.New(slog.DiscardHandler), &ctr)
 	e.start()
 	const senders, per = 4, 600
 	mk := func(id, seq uint32) []byte {

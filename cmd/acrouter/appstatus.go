@@ -125,6 +125,8 @@ func (a *app) Metrics() []metricSample {
 		counter("acrouter_ipv6_foreign_router_adverts_total", "Router Advertisements from another router on the hub.", ns.ForeignRAs)
 		counter("acrouter_netstack_tcp_forward_drops_total", "SYNs dropped by gVisor's forwarder in-flight cap.", ns.TCPForwardDrops)
 		counter("acrouter_netstack_tcp_retransmits_total", "TCP retransmits of the virtual host.", ns.TCPRetransmits)
+		counter("acrouter_netstack_acks_delayed_total", "Pure TCP ACKs the virtual host kept back for the flow's next segment.", ns.ACKsDelayed)
+		counter("acrouter_netstack_acks_coalesced_total", "Delayed ACKs that a later segment of the flow made unnecessary (frames not sent).", ns.ACKsCoalesced)
 	}
 	if a.router != nil {
 		rs := a.router.Stats()
