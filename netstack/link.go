@@ -10,7 +10,8 @@ package netstack
 //     Close it returns an error that wraps net.ErrClosed.
 //   - WriteFrames sends the frames in order. It may queue them; the caller may
 //     reuse every slice as soon as it returns. A link that is temporarily down
-//     (reconnecting) queues or drops frames, it never blocks for long. After
+//     (reconnecting) queues or drops frames; an up link may make the caller
+//     wait briefly for room (backpressure), never for long. After
 //     Close it returns an error that wraps net.ErrClosed.
 //   - Both may be called from different goroutines at once; each is called by
 //     at most one goroutine at a time.

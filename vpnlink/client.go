@@ -79,7 +79,8 @@ type Status struct {
 	// server rather than the inner flows losing packets inside this process.
 	DropRxQueue  uint64
 	RecvStalls   uint64 // times the reader waited for a full receive queue
-	DropTxQueue  uint64 // written while the send queue was full
+	DropTxQueue  uint64 // written while the send queue was full (and stayed full for txFullWait, or the link was down)
+	SendStalls   uint64 // times WriteFrames waited for room in the send queue
 	DropOversize uint64 // frames over MaxFrameSize (either way)
 	LostInFlight uint64 // frames of a batch whose write failed
 	Queued       int    // frames waiting to be sent
@@ -123,6 +124,7 @@ type stats struct {
 	framesIn, framesOut, bytesIn, bytesOut, batchesOut atomic.Uint64
 	keepAlivesIn, keepAlivesOut                        atomic.Uint64
 	dropTx, dropOversize, dropOversizeIn               atomic.Uint64
+	sendStalls                                         atomic.Uint64
 	recvStalls                                         atomic.Uint64
 	lostInFlight                                       atomic.Uint64
 }
@@ -156,6 +158,8 @@ type Client struct {
 	qbuf, qspare   []byte
 	qn             int
 	kick           chan struct{}
+	room           chan struct{} // cap 1: the writer took a batch (see WriteFrames)
+	up             atomic.Bool   // a link is in its data phase (the writer drains the queue)
 	stats          stats
 	mu             sync.Mutex // guards st and session fields below
 	st             Status
@@ -183,6 +187,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		qbuf:   make([]byte, 4, initialBatch),
 		qspare: make([]byte, 4, initialBatch),
 		kick:   make(chan struct{}, 1),
+		room:   make(chan struct{}, 1),
 	}
 	c.rxPool.New = func() any { return new(rxBatch) }
 	c.reconnectDelay = c.backoff
@@ -533,35 +538,81 @@ func (c *Client) nextFrameLocked() ([]byte, error) {
 	return f, nil
 }
 
-// WriteFrames queues the frames for the next batch and returns at once;
-// the slices may be reused. While the link is down frames wait (up to
-// QueueFrames, then tail drop) and are sent after the reconnect. Frames
-// over MaxFrameSize and empty frames are dropped.
+// txFullWait bounds how long WriteFrames waits for room in a full send
+// queue while the link is up, before it drops (see WriteFrames).
+const txFullWait = 20 * time.Millisecond
+
+// WriteFrames queues the frames for the next batch and returns; the slices
+// may be reused. While the link is up and the queue (QueueFrames) is full,
+// it waits for the writer to take the queue, up to txFullWait per call:
+// a sender that outruns the writer (a burst from the TCP stack, or a writer
+// waiting for a core) is slowed down instead of losing frames, which TCP
+// would pay for with retransmissions and, after a large loss, seconds of
+// recovery. While the link is down frames wait (up to QueueFrames, then
+// tail drop) and are sent after the reconnect. Frames over MaxFrameSize
+// and empty frames are dropped.
 func (c *Client) WriteFrames(frames [][]byte) error {
 	select {
 	case <-c.closed:
 		return fmt.Errorf("vpnlink: %w", net.ErrClosed)
 	default:
 	}
+	var deadline *time.Timer
+	expired := false
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
 	c.qmu.Lock()
-	for _, f := range frames {
+	for i := 0; i < len(frames); {
+		f := frames[i]
 		switch {
 		case len(f) == 0:
 		case len(f) > proto.MaxPacketSize:
 			c.stats.dropOversize.Add(1)
 		case c.qn >= c.cfg.QueueFrames:
+			if c.up.Load() && !expired {
+				c.qmu.Unlock()
+				if deadline == nil {
+					deadline = time.NewTimer(txFullWait)
+				}
+				expired = c.waitRoom(deadline)
+				c.qmu.Lock()
+				continue // the same frame again
+			}
 			c.stats.dropTx.Add(1)
 		default:
 			c.qbuf = proto.AppendBlock(c.qbuf, f)
 			c.qn++
 		}
+		i++
 	}
 	c.qmu.Unlock()
+	c.kickWriter()
+	return nil
+}
+
+func (c *Client) kickWriter() {
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
-	return nil
+}
+
+// waitRoom wakes the writer and waits until it has taken the queue. It
+// reports true if the deadline fired or the client closed first.
+func (c *Client) waitRoom(deadline *time.Timer) (expired bool) {
+	c.stats.sendStalls.Add(1)
+	c.kickWriter()
+	select {
+	case <-c.room:
+		return false
+	case <-deadline.C:
+		return true
+	case <-c.closed:
+		return true
+	}
 }
 
 // Status returns a snapshot.
@@ -578,6 +629,7 @@ func (c *Client) Status() Status {
 	st.BatchesOut = s.batchesOut.Load()
 	st.KeepAlivesIn, st.KeepAlivesOut = s.keepAlivesIn.Load(), s.keepAlivesOut.Load()
 	st.DropTxQueue, st.RecvStalls = s.dropTx.Load(), s.recvStalls.Load()
+	st.SendStalls = s.sendStalls.Load()
 	st.DropOversize = s.dropOversize.Load() + s.dropOversizeIn.Load()
 	st.LostInFlight = s.lostInFlight.Load()
 	return st

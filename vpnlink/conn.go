@@ -39,6 +39,7 @@ func (c *Client) startLink(w *wire, timeout time.Duration, resumed bool) *link {
 	l := &link{c: c, w: w, timeout: timeout, resumed: resumed, started: time.Now(), done: make(chan struct{})}
 	l.lastRecv.Store(time.Now().UnixNano())
 	w.raw.timeout.Store(int64(timeout))
+	c.up.Store(true)
 	l.wg.Add(2)
 	go l.readLoop()
 	go l.writeLoop()
@@ -48,6 +49,7 @@ func (c *Client) startLink(w *wire, timeout time.Duration, resumed bool) *link {
 // fail ends the link with err (first error wins).
 func (l *link) fail(err error) {
 	l.once.Do(func() {
+		l.c.up.Store(false)
 		l.err = err
 		close(l.done)
 		l.w.close()
@@ -207,6 +209,10 @@ func (l *link) flush() bool {
 	c.qbuf, c.qspare = c.qspare[:4], nil
 	c.qn = 0
 	c.qmu.Unlock()
+	select { // a WriteFrames waiting for room may go on
+	case c.room <- struct{}{}:
+	default:
+	}
 
 	proto.PutBatchCount(batch, n)
 	ok := l.write(batch)

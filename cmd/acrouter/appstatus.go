@@ -104,6 +104,7 @@ func (a *app) Metrics() []metricSample {
 	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesIn, "dir", "in")
 	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesOut, "dir", "out")
 	counter("acrouter_hub_recv_stalls_total", "Times the hub link's reader waited for the virtual host to take frames (backpressure, no loss).", st.RecvStalls)
+	counter("acrouter_hub_send_stalls_total", "Times the virtual host waited for room in the hub link's full send queue (backpressure, no loss).", st.SendStalls)
 	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropRxQueue, "reason", "rx-queue")
 	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropTxQueue, "reason", "tx-queue")
 	counter("acrouter_hub_frames_dropped_total", "Frames dropped by the hub link.", st.DropOversize, "reason", "oversize")
