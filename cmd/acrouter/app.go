@@ -39,6 +39,7 @@ type app struct {
 	dns    *dns.Server   // nil when disabled
 	dhcp6  *dhcp6.Server // nil when IPv6 or DHCPv6 is off
 	ipv6   ipv6Plan      // zero prefix: IPv6 off
+	procs  *procsTuner   // nil: GOMAXPROCS left alone
 	// dhcpSrv is dhcp for the DHCP server's own goroutine (OnChange), which
 	// may run before start has assigned a.dhcp.
 	dhcpSrv atomic.Pointer[dhcp.Server]
@@ -228,6 +229,9 @@ func startApp(ctx context.Context, cfg config, set settings, lc vpnlink.Config, 
 func (a *app) start() error {
 	var err error
 	cfg, set := a.cfg, a.set
+	if cfg.Router.AdaptiveProcs {
+		a.procs = startProcsTuner(a.log.With("component", "procs"))
+	}
 	warnDHCP := newRateLimitedLogger(a.log, time.Minute)
 	var ra netstack.RAConfig
 	if cfg.IPv6.Enabled {
@@ -493,6 +497,9 @@ func (a *app) reloadForwards(want []router.PortForward) {
 // host, then the hub session (logout).
 func (a *app) close() error {
 	var errs []error
+	if a.procs != nil {
+		a.procs.close()
+	}
 	if a.dns != nil {
 		errs = append(errs, a.dns.Close())
 	}

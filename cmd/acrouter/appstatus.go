@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/acrouter/acrouter/router"
+	"runtime"
 	"sort"
 	"time"
 )
@@ -27,6 +28,7 @@ func (a *app) Status() statusDoc {
 			IP: a.set.RouterPrefix.String(), MAC: a.mac.String(),
 			DHCP: a.dhcp != nil, DNS: a.dns != nil,
 			MaxSessions: a.cfg.Router.MaxSessions,
+			GOMAXPROCS:  runtime.GOMAXPROCS(0),
 		},
 	}
 	if a.ipv6.prefix.IsValid() && a.stack != nil {
@@ -131,6 +133,10 @@ func (a *app) Metrics() []metricSample {
 	}
 	if a.router != nil {
 		rs := a.router.Stats()
+		gauge("acrouter_gomaxprocs", "Ps the Go runtime uses now (adapted to load with router.adaptive_procs).", float64(runtime.GOMAXPROCS(0)))
+		if a.procs != nil {
+			counter("acrouter_gomaxprocs_changes_total", "Times the adaptive GOMAXPROCS tuner changed the number of Ps.", a.procs.switches.Load())
+		}
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenTCP), "proto", "tcp")
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenUDP), "proto", "udp")
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenICMP), "proto", "icmp")

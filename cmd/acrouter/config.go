@@ -69,6 +69,7 @@ type routerConfig struct {
 	NoDefaultDeny        bool     `toml:"no_default_deny"`
 	Forwards             []string `toml:"forwards"`       // "tcp 0.0.0.0:8022 -> 192.168.30.50:22"
 	LoopbackAlias        string   `toml:"loopback_alias"` // off when empty
+	AdaptiveProcs        bool     `toml:"adaptive_procs"`
 }
 
 type dhcpConfig struct {
@@ -155,6 +156,7 @@ func defaultConfig() config {
 			TCPIdleTimeout:       duration{1800 * time.Second},
 			UDPIdleTimeout:       duration{60 * time.Second},
 			DNSIdleTimeout:       duration{10 * time.Second},
+			AdaptiveProcs:        true,
 		},
 		DHCP: dhcpConfig{
 			Enabled:             true,
@@ -270,6 +272,7 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	list(&r.Rules, "rule", "router.rules", "access rule, e.g. \"deny tcp to 10.0.0.0/8 port 22\"")
 	boolean(&r.NoDefaultDeny, "no-default-deny", "router.no_default_deny", "drop the built-in deny rules (host loopback, link-local, metadata)")
 	list(&r.Forwards, "forward", "router.forwards", "inbound port forward \"tcp|udp LISTEN_ADDR:PORT -> CLIENT_IP:PORT\", e.g. \"tcp 0.0.0.0:8022 -> 192.168.30.50:22\"")
+	boolean(&r.AdaptiveProcs, "adaptive-procs", "router.adaptive_procs", "run on one core while lightly loaded (lowest latency) and on all of them under load (ignored when GOMAXPROCS is set)")
 	str(&r.LoopbackAlias, "loopback-alias", "router.loopback_alias", "virtual `address` that leads hub clients to this host's 127.0.0.1 (off by default; exposes host-loopback services to every hub client)")
 
 	d := &cfg.DHCP

@@ -58,6 +58,7 @@ type routerDoc struct {
 	DHCPv6      string `json:"dhcpv6,omitempty"`          // off, stateless, stateful
 	FlowsOpen   int    `json:"flows_open"`
 	MaxSessions int    `json:"max_sessions"`
+	GOMAXPROCS  int    `json:"gomaxprocs"` // Ps the runtime uses now (adapted to load with router.adaptive_procs)
 }
 
 type flowDoc struct {
