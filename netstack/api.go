@@ -48,6 +48,12 @@ type Config struct {
 	// and every frame saved spares the hub a round of work. Default 500µs;
 	// negative: ACKs go at once. See ackhold.go.
 	ACKHold time.Duration
+	// RACK turns on RACK-TLP loss detection for the router's TCP senders
+	// (gVisor's default). Off by default: with it, downloads after a burst
+	// loss sometimes stalled for seconds (netstack/PERF.md, lever 10); on
+	// paths that reorder frames (clients with several TCP connections to
+	// the hub) it detects losses better.
+	RACK bool
 	// OnForeignDHCPServer, if set, is called when a DHCP server reply
 	// (UDP source port 67 to destination port 68) from an Ethernet address
 	// other than MAC is seen on the hub; ip is the IPv4 source address of that

@@ -64,7 +64,7 @@ func TestTCPOptions(t *testing.T) {
 			t.Fatalf("%T: %v", o, err)
 		}
 	}
-	if !bool(sack) || rec != tcpip.TCPRACKLossDetection || !bool(mod) {
+	if !bool(sack) || rec != 0 || !bool(mod) {
 		t.Errorf("sack %v recovery %v moderate %v", sack, rec, mod)
 	}
 	if rcv.Default != 1<<20 || rcv.Max != 1<<20 || snd.Default != 1<<20 || snd.Max != 6<<20 {
@@ -72,13 +72,16 @@ func TestTCPOptions(t *testing.T) {
 	}
 	// Config.MaxTCPReceiveBuffer raises the receive maximum; the default
 	// stays.
-	big, err := New(newCaptureLink(), Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24"), MaxTCPReceiveBuffer: 8 << 20})
+	big, err := New(newCaptureLink(), Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24"), MaxTCPReceiveBuffer: 8 << 20, RACK: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer big.Close()
 	if err := big.s.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil || rcv.Default != 1<<20 || rcv.Max != 8<<20 {
 		t.Errorf("MaxTCPReceiveBuffer 8 MiB: rcv %+v, %v", rcv, err)
+	}
+	if err := big.s.TransportProtocolOption(tcp.ProtocolNumber, &rec); err != nil || rec != tcpip.TCPRACKLossDetection {
+		t.Errorf("Config.RACK: recovery %v, %v", rec, err)
 	}
 	if _, err := New(newCaptureLink(), Config{MAC: fzRouterMAC, Addr: netip.MustParsePrefix("192.168.30.1/24"), MaxTCPReceiveBuffer: 100}); err == nil {
 		t.Error("MaxTCPReceiveBuffer 100 accepted")

@@ -250,11 +250,16 @@ func (st *Stack) configure() error {
 		// SACK: recover from several losses per window (on by default in
 		// this pin; set explicitly so a pin bump cannot silently change it).
 		ptr(tcpip.TCPSACKEnabled(true)),
-		// RACK-TLP loss detection: the default in this pin. Tailscale's
-		// RACK-off setting cost a 5x upload slowdown on reordering paths;
-		// the RACK RTT fix (google/gvisor#13680) is in this pin (PEERS.md
-		// §3 pitfall 4).
-		ptr(tcpip.TCPRACKLossDetection),
+		// Loss detection: classic (duplicate ACKs with SACK) unless
+		// Config.RACK. With RACK-TLP (this pin's default) 3 of 33 lab
+		// downloads stalled for the whole run after a burst loss behind the
+		// router: the sender then sent two segments per 200 ms timer while
+		// the client's ACKs arrived and did not clock out more (tcpdump in
+		// netstack/PERF.md, lever 10). Without it: 0 of 24, and more
+		// throughput both ways. Hub flows arrive in order (both legs are TCP
+		// streams); RACK matters on reordering paths (Tailscale's RACK-off
+		// cost a 5x slowdown there, PEERS.md §3 pitfall 4): Config.RACK.
+		ptr(st.cfg.recovery()),
 		// Buffer sizes: see the constants. Window scaling needs no switch:
 		// gVisor derives the SYN-ACK window scale from the maximum receive
 		// buffer when moderation is on (endpoint.go rcvWndScaleForHandshake),
@@ -502,4 +507,12 @@ func (st *Stack) Stats() Stats {
 		ARPRepliesOut: g.ARP.OutgoingRepliesSent.Value(),
 		ARPMalformed:  g.ARP.MalformedPacketsReceived.Value(),
 	}
+}
+
+// recovery is the TCP loss detection Config.RACK selects.
+func (c Config) recovery() tcpip.TCPRecovery {
+	if c.RACK {
+		return tcpip.TCPRACKLossDetection
+	}
+	return 0
 }

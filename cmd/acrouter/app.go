@@ -246,6 +246,7 @@ func (a *app) start() error {
 		MTU:            cfg.Router.MTU,
 		Logger:         a.log.With("component", "netstack"),
 		MaxInFlightSYN: max(8192, cfg.Router.MaxSessions),
+		RACK:           cfg.Router.TCPRack,
 		OnForeignDHCPServer: func(mac net.HardwareAddr, ip netip.Addr) {
 			if cfg.DHCP.Enabled {
 				warnDHCP.Warn(mac.String(), "another DHCP server answers on this hub: two DHCP servers on one segment hand out conflicting addresses; disable one (--dhcp=false)",

@@ -70,6 +70,7 @@ type routerConfig struct {
 	Forwards             []string `toml:"forwards"`       // "tcp 0.0.0.0:8022 -> 192.168.30.50:22"
 	LoopbackAlias        string   `toml:"loopback_alias"` // off when empty
 	AdaptiveProcs        bool     `toml:"adaptive_procs"`
+	TCPRack              bool     `toml:"tcp_rack"`
 }
 
 type dhcpConfig struct {
@@ -272,6 +273,7 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	list(&r.Rules, "rule", "router.rules", "access rule, e.g. \"deny tcp to 10.0.0.0/8 port 22\"")
 	boolean(&r.NoDefaultDeny, "no-default-deny", "router.no_default_deny", "drop the built-in deny rules (host loopback, link-local, metadata)")
 	list(&r.Forwards, "forward", "router.forwards", "inbound port forward \"tcp|udp LISTEN_ADDR:PORT -> CLIENT_IP:PORT\", e.g. \"tcp 0.0.0.0:8022 -> 192.168.30.50:22\"")
+	boolean(&r.TCPRack, "tcp-rack", "router.tcp_rack", "RACK-TLP loss detection for the router's TCP towards hub clients (off: classic duplicate-ACK/SACK recovery, which did not stall after burst losses in the lab; on: better with clients whose frames reorder)")
 	boolean(&r.AdaptiveProcs, "adaptive-procs", "router.adaptive_procs", "run on one core while lightly loaded (lowest latency) and on all of them under load (ignored when GOMAXPROCS is set)")
 	str(&r.LoopbackAlias, "loopback-alias", "router.loopback_alias", "virtual `address` that leads hub clients to this host's 127.0.0.1 (off by default; exposes host-loopback services to every hub client)")
 
