@@ -238,7 +238,7 @@ func (e *linkEndpoint) SetOnCloseAction(func()) {}
 // WritePackets implements stack.LinkWriter. It copies every packet into a
 // frame buffer. When nobody else is writing and nothing is queued it hands
 // the frames to the Link itself (writeDirect); otherwise it queues them for
-// writeLoop and never blocks on the Link.
+// writeLoop, waiting only when the queue is full (backpressure).
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if e.wmu.TryLock() {
 		n, err := e.writeDirect(pkts)
@@ -256,8 +256,8 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 
 // writeDirect writes pkts to the Link on the calling goroutine, sparing the
 // hand-off to writeLoop (one goroutine wake-up less per burst: lower
-// request/response latency and less CPU; the Link's WriteFrames only
-// queues, see the Link contract). Frames already queued go first, so every
+// request/response latency and less CPU; the Link's WriteFrames queues and
+// waits at most briefly for room, see the Link contract). Frames already queued go first, so every
 // sender's frames keep their order. wmu is held.
 func (e *linkEndpoint) writeDirect(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	for i := 0; i < writeQueueFrames/maxBatchFrames+1; i++ {

@@ -119,9 +119,6 @@ func (t *procsTuner) run() {
 	}
 }
 
-// procs returns the current GOMAXPROCS (what the tuner set).
-func (t *procsTuner) procs() int { return int(t.cur.Load()) }
-
 // close stops the tuner and restores GOMAXPROCS.
 func (t *procsTuner) close() {
 	close(t.stop)
