@@ -171,6 +171,7 @@ func (l *link) writeLoop() {
 				return
 			}
 			l.c.stats.keepAlivesOut.Add(1)
+			l.c.shrinkIdle(time.Now())
 			timer.Reset(l.nextKeepAlive())
 		}
 	}
@@ -224,7 +225,7 @@ func (l *link) flush() bool {
 		c.stats.lostInFlight.Add(uint64(n))
 	}
 	c.qmu.Lock()
-	if cap(batch) > maxKeptBatch {
+	if !c.qgrown.keep(time.Now(), len(batch), cap(batch)) {
 		batch = make([]byte, 4, initialBatch)
 	}
 	c.qspare = batch[:4]

@@ -36,8 +36,9 @@ type idleConn struct {
 	// records crypto/tls writes one by one, 16 KiB each) collect in wbuf
 	// and go out with one write call.
 	wmu       sync.Mutex
-	buffering bool   // guarded by wmu
-	wbuf      []byte // guarded by wmu
+	buffering bool         // guarded by wmu
+	wbuf      []byte       // guarded by wmu
+	grown     grownBuffers // guarded by wmu
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
@@ -67,10 +68,10 @@ func (c *idleConn) endBatch() error {
 		return nil
 	}
 	_, err := c.Conn.Write(c.wbuf)
-	if cap(c.wbuf) > maxKeptBatch {
-		c.wbuf = nil
-	} else {
+	if c.grown.keep(time.Now(), len(c.wbuf), cap(c.wbuf)) {
 		c.wbuf = c.wbuf[:0]
+	} else {
+		c.wbuf = nil
 	}
 	return err
 }

@@ -40,6 +40,7 @@ type app struct {
 	dhcp6  *dhcp6.Server // nil when IPv6 or DHCPv6 is off
 	ipv6   ipv6Plan      // zero prefix: IPv6 off
 	procs  *procsTuner   // nil: GOMAXPROCS left alone
+	trim   *memTrimmer   // nil: router.memory_trim off
 	// dhcpSrv is dhcp for the DHCP server's own goroutine (OnChange), which
 	// may run before start has assigned a.dhcp.
 	dhcpSrv atomic.Pointer[dhcp.Server]
@@ -231,6 +232,9 @@ func (a *app) start() error {
 	cfg, set := a.cfg, a.set
 	if cfg.Router.AdaptiveProcs {
 		a.procs = startProcsTuner(a.log.With("component", "procs"))
+	}
+	if cfg.Router.MemoryTrim {
+		a.trim = startMemTrimmer(a.log.With("component", "memtrim"))
 	}
 	warnDHCP := newRateLimitedLogger(a.log, time.Minute)
 	var ra netstack.RAConfig
@@ -500,6 +504,9 @@ func (a *app) close() error {
 	var errs []error
 	if a.procs != nil {
 		a.procs.close()
+	}
+	if a.trim != nil {
+		a.trim.close()
 	}
 	if a.dns != nil {
 		errs = append(errs, a.dns.Close())

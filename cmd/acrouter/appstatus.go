@@ -137,6 +137,9 @@ func (a *app) Metrics() []metricSample {
 		if a.procs != nil {
 			counter("acrouter_gomaxprocs_changes_total", "Times the adaptive GOMAXPROCS tuner changed the number of Ps.", a.procs.switches.Load())
 		}
+		if a.trim != nil {
+			counter("acrouter_memory_trims_total", "Times the router returned free memory to the OS after a quiet spell (router.memory_trim).", a.trim.trims.Load())
+		}
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenTCP), "proto", "tcp")
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenUDP), "proto", "udp")
 		gauge("acrouter_flows_open", "Open NAT flows.", float64(rs.FlowsOpenICMP), "proto", "icmp")

@@ -71,6 +71,7 @@ type routerConfig struct {
 	LoopbackAlias        string   `toml:"loopback_alias"` // off when empty
 	AdaptiveProcs        bool     `toml:"adaptive_procs"`
 	TCPRack              bool     `toml:"tcp_rack"`
+	MemoryTrim           bool     `toml:"memory_trim"`
 }
 
 type dhcpConfig struct {
@@ -158,6 +159,7 @@ func defaultConfig() config {
 			UDPIdleTimeout:       duration{60 * time.Second},
 			DNSIdleTimeout:       duration{10 * time.Second},
 			AdaptiveProcs:        true,
+			MemoryTrim:           true,
 		},
 		DHCP: dhcpConfig{
 			Enabled:             true,
@@ -275,6 +277,7 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	list(&r.Forwards, "forward", "router.forwards", "inbound port forward \"tcp|udp LISTEN_ADDR:PORT -> CLIENT_IP:PORT\", e.g. \"tcp 0.0.0.0:8022 -> 192.168.30.50:22\"")
 	boolean(&r.TCPRack, "tcp-rack", "router.tcp_rack", "RACK-TLP loss detection for the router's TCP towards hub clients (off: classic duplicate-ACK/SACK recovery, which did not stall after burst losses in the lab; on: better with clients whose frames reorder)")
 	boolean(&r.AdaptiveProcs, "adaptive-procs", "router.adaptive_procs", "run on one core while lightly loaded (lowest latency) and on all of them under load (ignored when GOMAXPROCS is set)")
+	boolean(&r.MemoryTrim, "memory-trim", "router.memory_trim", "after a busy spell, once the router has been quiet for 2 s, collect garbage and return free memory to the OS")
 	str(&r.LoopbackAlias, "loopback-alias", "router.loopback_alias", "virtual `address` that leads hub clients to this host's 127.0.0.1 (off by default; exposes host-loopback services to every hub client)")
 
 	d := &cfg.DHCP
