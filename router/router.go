@@ -36,6 +36,7 @@ type Router struct {
 	mu     sync.Mutex     // guards closed and the 0→1 transition of wg
 	closed bool           // Close has begun: enter fails
 	wg     sync.WaitGroup // every goroutine running router code
+	pool   *goPool        // workers for copy runs (gopool.go); closed after wg
 
 	icmp *icmpForwarder
 	fwd  forwarder  // inbound port forwards (forward.go)
@@ -89,6 +90,7 @@ func newRouter(cfg Config, echo echoWriter) (*Router, error) {
 		log:    log,
 		rlog:   newRateLogger(log, time.Second),
 		table:  newFlowTable(cfg.MaxSessions, cfg.MaxSessionsPerClient),
+		pool:   newGoPool(poolMaxIdle, poolIdleFor),
 		echo:   echo,
 		epoch:  time.Now(),
 		ctx:    ctx,
@@ -110,6 +112,7 @@ func (r *Router) Close() error {
 	if r.closed {
 		r.mu.Unlock()
 		r.wg.Wait()
+		r.pool.close()
 		return nil
 	}
 	r.closed = true
@@ -128,6 +131,7 @@ func (r *Router) Close() error {
 		r.icmp.close()
 	}
 	r.wg.Wait()
+	r.pool.close() // no task is left to submit another
 	return nil
 }
 

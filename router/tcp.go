@@ -210,8 +210,9 @@ func (s *tcpSplice) copyDone() {
 // (OnReadable); a host socket is watched by the Router's host poller
 // (hostpoll_linux.go: one epoll goroutine for all idle sockets). Where
 // neither works (other systems, conns without a descriptor) a host socket
-// is waited for in a fresh goroutine, which stays shallow. Either way a
-// goroutine is started once per burst of data, not per chunk.
+// is waited for in a goroutine. Either way a run is started once per burst
+// of data, not per chunk, on a worker of the Router's pool (gopool.go),
+// whose stack has already grown for gVisor's deep send path.
 type tcpCopy struct {
 	s      *tcpSplice
 	dst    net.Conn
@@ -247,7 +248,7 @@ func (c *tcpCopy) init(s *tcpSplice, dst, src net.Conn, out bool) {
 // hostIdleWait). The caller has added one count to r.wg for it.
 func (c *tcpCopy) start() {
 	if c.notify == nil {
-		go c.run(false)
+		c.s.r.pool.Go(c.runWait)
 		return
 	}
 	c.stopNotify = c.notify.OnReadable(c.wake)
@@ -271,7 +272,7 @@ const busyChunks = 4
 // wake is the readability callback (on gVisor's packet path).
 func (c *tcpCopy) wake() {
 	if c.armed.CompareAndSwap(true, false) {
-		go c.run(true)
+		c.s.r.pool.Go(c.runPoll)
 	}
 }
 
@@ -293,7 +294,7 @@ func (c *tcpCopy) idle() {
 		if c.armed.CompareAndSwap(true, false) {
 			c.hw.stop()
 			c.hw = nil
-			go c.run(false)
+			c.s.r.pool.Go(c.runWait)
 		}
 		return
 	}
@@ -301,6 +302,10 @@ func (c *tcpCopy) idle() {
 		c.wake()
 	}
 }
+
+// runPoll and runWait are run for the pool (no closure per task).
+func (c *tcpCopy) runPoll() { c.run(true) }
+func (c *tcpCopy) runWait() { c.run(false) }
 
 // run copies; it owns one count of r.wg (passed on when it hands over).
 // poll: begin with a read that does not wait (the goroutine was started
@@ -329,12 +334,12 @@ func (c *tcpCopy) run(poll bool) {
 					// that moves a message now and then keeps no
 					// goroutine waiting for hostIdleWait.)
 					c.idle()
-				} else {
-					// Wait on a fresh, small stack; the count of r.wg
-					// passes to it.
-					go c.run(false)
+					return
 				}
-				return
+				// Wait here (a pool worker: its stack stays grown for
+				// the next run).
+				poll, woke, chunks = false, false, 0
+				continue
 			}
 		} else {
 			if c.hw != nil {
