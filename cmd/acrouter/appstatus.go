@@ -103,6 +103,7 @@ func (a *app) Metrics() []metricSample {
 	counter("acrouter_hub_resumes_total", "Re-establishments that resumed the same hub session.", st.Resumes)
 	counter("acrouter_hub_frames_total", "Ethernet frames over the hub link.", st.FramesIn, "dir", "in")
 	counter("acrouter_hub_frames_total", "Ethernet frames over the hub link.", st.FramesOut, "dir", "out")
+	counter("acrouter_hub_send_batches_total", "TLS writes carrying frames to the hub (frames out ÷ this = frames per write).", st.BatchesOut)
 	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesIn, "dir", "in")
 	counter("acrouter_hub_bytes_total", "Ethernet bytes over the hub link.", st.BytesOut, "dir", "out")
 	counter("acrouter_hub_recv_stalls_total", "Times the hub link's reader waited for the virtual host to take frames (backpressure, no loss).", st.RecvStalls)
