@@ -164,7 +164,7 @@ func runRouter(ctx context.Context, argv []string, cfg config, set settings, lev
 
 	var status *statusServer
 	if cfg.Status.Listen != "" {
-		status, err = startStatusServer(cfg.Status.Listen, newStatusHandler(a, token), log)
+		status, err = startStatusServer(cfg.Status.Listen, newStatusHandler(a, token, cfg.Status.Pprof), log)
 		if err != nil {
 			return err
 		}

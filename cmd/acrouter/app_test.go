@@ -148,7 +148,7 @@ func TestEndToEndTCPThroughHub(t *testing.T) {
 	}
 
 	// The flow is visible through the status API.
-	srv, err := startStatusServer("127.0.0.1:0", newStatusHandler(a, ""), slog.New(slog.DiscardHandler))
+	srv, err := startStatusServer("127.0.0.1:0", newStatusHandler(a, "", false), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestPortForwardThroughStatusAPI(t *testing.T) {
 		defer c.Close()
 		io.WriteString(c, "hello from the hub client\n")
 	}()
-	srv, err := startStatusServer("127.0.0.1:0", newStatusHandler(a, "tok"), slog.New(slog.DiscardHandler))
+	srv, err := startStatusServer("127.0.0.1:0", newStatusHandler(a, "tok", false), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

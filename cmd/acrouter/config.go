@@ -117,6 +117,7 @@ type ipv6Config struct {
 type statusConfig struct {
 	Listen    string `toml:"listen"` // empty: no status API
 	TokenFile string `toml:"token_file"`
+	Pprof     bool   `toml:"pprof"` // Go's profiler under /debug/pprof/
 }
 
 type logConfig struct {
@@ -318,6 +319,7 @@ func registerFlags(fs *flag.FlagSet, cfg *config) []flagDoc {
 	s := &cfg.Status
 	str(&s.Listen, "status", "status.listen", "status API and page address (empty: off); a non-loopback address needs status-token-file")
 	str(&s.TokenFile, "status-token-file", "status.token_file", "file holding the bearer token of the status API")
+	boolean(&s.Pprof, "pprof", "status.pprof", "serve Go's profiler (CPU, heap, goroutines, trace) under /debug/pprof/ on the status API")
 
 	l := &cfg.Log
 	str(&l.Level, "log-level", "log.level", "log level: debug, info, warn, error")

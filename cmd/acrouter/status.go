@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -121,8 +122,9 @@ var statusPage []byte
 // newStatusHandler serves the status API. A non-empty token is required as
 // "Authorization: Bearer TOKEN" (or ?token=TOKEN, for the page's own links).
 // Changes (POST, DELETE) always need a token: without one configured they
-// are refused.
-func newStatusHandler(src statusSource, token string) http.Handler {
+// are refused. withPprof adds Go's profiler under /debug/pprof/
+// (status.pprof), behind the same token.
+func newStatusHandler(src statusSource, token string, withPprof bool) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(sampleCollector{src.Metrics},
 		collectors.NewGoCollector(),                                       // go_goroutines, memory: for soak checks and operators
@@ -164,6 +166,13 @@ func newStatusHandler(src statusSource, token string) http.Handler {
 		}
 		mux.HandleFunc("POST /forwards", change(fm.AddForward))
 		mux.HandleFunc("DELETE /forwards", change(fm.RemoveForward))
+	}
+	if withPprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

@@ -34,7 +34,7 @@ func (fakeSource) Metrics() []metricSample {
 
 func startTestStatus(t *testing.T, token string) string {
 	t.Helper()
-	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, token), slog.New(slog.DiscardHandler))
+	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, token, false), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func doJSON(t *testing.T, method, url, token, body string) (int, string) {
 func TestForwardsAPI(t *testing.T) {
 	const rule = "tcp 0.0.0.0:8022 -> 192.168.30.50:22"
 	// Without a token configured, changes are refused even on loopback.
-	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(&fakeForwards{}, ""), slog.New(slog.DiscardHandler))
+	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(&fakeForwards{}, "", false), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestForwardsAPI(t *testing.T) {
 	}
 
 	fw := &fakeForwards{}
-	s2, err := startStatusServer("127.0.0.1:0", newStatusHandler(fw, "tok"), slog.New(slog.DiscardHandler))
+	s2, err := startStatusServer("127.0.0.1:0", newStatusHandler(fw, "tok", false), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,5 +213,30 @@ func TestForwardsAPI(t *testing.T) {
 	}
 	if len(fw.rules) != 0 {
 		t.Fatalf("rules left: %q", fw.rules)
+	}
+}
+
+// TestStatusPprof: the profiler is served only when status.pprof is on, and
+// then behind the API's token like everything else.
+func TestStatusPprof(t *testing.T) {
+	off, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, "", false), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer off.Close()
+	if code, _ := httpGet(t, "http://"+off.Addr()+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusNotFound {
+		t.Errorf("pprof off: /debug/pprof/goroutine answered %d, want 404", code)
+	}
+	on, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, "tok", true), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer on.Close()
+	if code, _ := httpGet(t, "http://"+on.Addr()+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusUnauthorized {
+		t.Errorf("pprof on, no token: answered %d, want 401", code)
+	}
+	code, body := httpGet(t, "http://"+on.Addr()+"/debug/pprof/goroutine?debug=1", "tok")
+	if code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("pprof on, with token: answered %d %.80q, want 200 and a goroutine profile", code, body)
 	}
 }
