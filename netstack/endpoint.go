@@ -85,6 +85,7 @@ type linkEndpoint struct {
 	qmu     sync.Mutex
 	queue   [][]byte // frames waiting for writeLoop
 	free    [][]byte // recycled frame buffers (cap frameCap)
+	gsoBuf  []byte   // a host-GSO packet, flattened before it is cut (gso.go)
 	qclosed bool
 	wake    chan struct{} // cap 1: queue became non-empty or closed
 	ackh    *ackHolder    // delayed pure ACKs (ackhold.go); nil: none. Guarded by qmu.
@@ -164,18 +165,17 @@ func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityResolutionRequired | stack.CapabilityRXChecksumOffload
 }
 
-// gVisor software GSO: the TCP sender builds segments of up to 64 KiB and
-// splits them into MSS-sized packets only when writing them
-// (tcp.sendTCPBatch), so its per-segment bookkeeping (send queue, RACK,
-// SACK scoreboard) runs once per 64 KiB instead of once per 1 460 bytes.
-// The link still receives ordinary MTU-sized packets.
+// Host GSO: the TCP sender builds segments of up to gsoMaxSize, so its
+// per-segment bookkeeping (send queue, RACK, SACK scoreboard) runs once per
+// 60 KiB instead of once per 1 460 bytes, and hands each to the IP layer
+// once; the endpoint cuts it into frames (gso.go).
 var _ stack.GSOEndpoint = (*linkEndpoint)(nil)
 
 // GSOMaxSize implements stack.GSOEndpoint.
-func (e *linkEndpoint) GSOMaxSize() uint32 { return stack.GVisorGSOMaxSize }
+func (e *linkEndpoint) GSOMaxSize() uint32 { return gsoMaxSize }
 
 // SupportedGSO implements stack.GSOEndpoint.
-func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO { return stack.GVisorGSOSupported }
+func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
 
 // Attach implements stack.LinkEndpoint.
 func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
@@ -276,30 +276,13 @@ func (e *linkEndpoint) writeDirect(pkts stack.PacketBufferList) (int, tcpip.Erro
 		for len(all) > 0 && len(batch) < maxBatchFrames {
 			pkt := all[0]
 			all = all[1:]
-			if pkt.Size() > e.frameCap {
-				e.ctr.dropTooBig.Add(1)
-				continue
-			}
-			f := e.takeFrameLocked(pkt.Size())
-			f = f[:copyPacket(f, pkt)]
-			if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
-				e.free = append(e.free, f[:cap(f)])
-				continue
-			}
-			if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
-				e.fixOutboundNS(f)
-			}
-			if f = e.holdACKLocked(f); f == nil {
-				n++ // held: the holder sends it later (or drops it, superseded)
-				continue
-			}
-			batch = append(batch, f)
+			batch = e.appendFramesLocked(batch, pkt)
+			n++ // a frame the ACK holder keeps is sent later (or dropped, superseded)
 		}
 		e.qmu.Unlock()
 		if len(batch) > 0 {
 			e.write(batch)
 		}
-		n += len(batch)
 		e.recycle(batch)
 		e.batch = batch[:0]
 	}
@@ -318,21 +301,11 @@ func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 		if !e.roomLocked() {
 			break
 		}
-		f := e.frameLocked(pkt.Size())
-		if f == nil {
+		if len(e.queue) >= writeQueueFrames {
+			e.ctr.dropQueueFull.Add(1)
 			continue
 		}
-		f = f[:copyPacket(f, pkt)]
-		if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
-			e.free = append(e.free, f[:cap(f)])
-			continue
-		}
-		if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
-			e.fixOutboundNS(f)
-		}
-		if f = e.holdACKLocked(f); f != nil {
-			e.queue = append(e.queue, f)
-		}
+		e.queue = e.appendFramesLocked(e.queue, pkt)
 		n++
 	}
 	e.qmu.Unlock()
@@ -340,6 +313,50 @@ func (e *linkEndpoint) queuePackets(pkts []*stack.PacketBuffer) int {
 		e.kick()
 	}
 	return n
+}
+
+// appendFramesLocked appends pkt's frames to dst: one frame, or one per MSS
+// of a host-GSO TCP packet (gso.go), each through the outbound fixes and the
+// ACK holder. qmu is held.
+func (e *linkEndpoint) appendFramesLocked(dst [][]byte, pkt *stack.PacketBuffer) [][]byte {
+	size := pkt.Size()
+	gso := pkt.GSOOptions
+	hostGSO := gso.Type != stack.GSONone && gso.NeedsCsum
+	if hostGSO && size > e.frameCap {
+		if cap(e.gsoBuf) < size {
+			e.gsoBuf = make([]byte, size)
+		}
+		b := e.gsoBuf[:size]
+		return e.appendTCPFramesLocked(dst, b[:copyPacket(b, pkt)], gso)
+	}
+	if size > e.frameCap {
+		e.ctr.dropTooBig.Add(1)
+		return dst
+	}
+	f := e.takeFrameLocked(size)
+	f = f[:copyPacket(f, pkt)]
+	if pkt.NetworkProtocolNumber == header.ARPProtocolNumber && !e.fixOutboundARP(f) {
+		e.free = append(e.free, f[:cap(f)])
+		return dst
+	}
+	if hostGSO {
+		// One frame already: only the TCP checksum is left to complete.
+		l, ok := parseGSO(f, gso)
+		if !ok || gso.MSS > 0 && len(f)-l.hdrLen > int(gso.MSS) {
+			// Malformed, or more than the peer's MSS: the cutter counts
+			// or cuts it.
+			dst = e.appendTCPFramesLocked(dst, f, gso)
+			e.free = append(e.free, f[:cap(f)])
+			return dst
+		}
+		l.setTCPChecksum(f)
+	} else if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
+		e.fixOutboundNS(f)
+	}
+	if f = e.holdACKLocked(f); f != nil {
+		dst = append(dst, f)
+	}
+	return dst
 }
 
 // holdACKLocked passes f through the ACK holder: it returns f to send now,
