@@ -34,7 +34,12 @@ func (fakeSource) Metrics() []metricSample {
 
 func startTestStatus(t *testing.T, token string) string {
 	t.Helper()
-	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, token, false), slog.New(slog.DiscardHandler))
+	return startTestStatusPprof(t, token, false)
+}
+
+func startTestStatusPprof(t *testing.T, token string, withPprof bool) string {
+	t.Helper()
+	s, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, token, withPprof), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,23 +224,15 @@ func TestForwardsAPI(t *testing.T) {
 // TestStatusPprof: the profiler is served only when status.pprof is on, and
 // then behind the API's token like everything else.
 func TestStatusPprof(t *testing.T) {
-	off, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, "", false), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer off.Close()
-	if code, _ := httpGet(t, "http://"+off.Addr()+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusNotFound {
+	off := startTestStatusPprof(t, "", false)
+	if code, _ := httpGet(t, "http://"+off+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusNotFound {
 		t.Errorf("pprof off: /debug/pprof/goroutine answered %d, want 404", code)
 	}
-	on, err := startStatusServer("127.0.0.1:0", newStatusHandler(fakeSource{}, "tok", true), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer on.Close()
-	if code, _ := httpGet(t, "http://"+on.Addr()+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusUnauthorized {
+	on := startTestStatusPprof(t, "tok", true)
+	if code, _ := httpGet(t, "http://"+on+"/debug/pprof/goroutine?debug=1", ""); code != http.StatusUnauthorized {
 		t.Errorf("pprof on, no token: answered %d, want 401", code)
 	}
-	code, body := httpGet(t, "http://"+on.Addr()+"/debug/pprof/goroutine?debug=1", "tok")
+	code, body := httpGet(t, "http://"+on+"/debug/pprof/goroutine?debug=1", "tok")
 	if code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
 		t.Errorf("pprof on, with token: answered %d %.80q, want 200 and a goroutine profile", code, body)
 	}
